@@ -1,0 +1,27 @@
+"""Model definitions for datgpt: a baseline GPT and the normalized transformer nGPT.
+
+Both classes share one interface (see :class:`models.layers.LanguageModel`): ``forward(idx,
+targets=None) -> (logits, loss)``, ``optimizer_groups(weight_decay)``, ``post_step()``,
+``num_params(exclude_embedding=False)`` and ``flops_per_token(context_length=None)``.
+Models know nothing of YAML or MLflow; they are built from a :class:`ModelConfig`.
+"""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+from .config import ModelConfig
+from .gpt import GPT
+from .ngpt import NGPT
+
+MODEL_CLASSES: dict[str, type[nn.Module]] = {"gpt": GPT, "ngpt": NGPT}
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """Validate ``config`` and build the model its ``kind`` names (initialized, on the default
+    device and dtype)."""
+    config.validate()
+    return MODEL_CLASSES[config.kind](config)
+
+
+__all__ = ["GPT", "NGPT", "ModelConfig", "build_model", "MODEL_CLASSES"]
