@@ -1,0 +1,485 @@
+"""Thesis figures from the tidy frame and the summary table (matplotlib, no GUI backend).
+
+Every figure is written twice, as ``<name>.png`` (300 dpi) and ``<name>.pdf`` (vector, TrueType
+fonts embedded, no creation date so reruns give identical files). All figures share one style
+(:data:`STYLE`) and one per-arm style (:func:`arm_styles`): colour *and* line style *and* marker, so
+they stay readable in black and white. The baseline arm is always black and solid.
+
+Figures (``<sfx>`` is ``_ctx<L>`` when the experiment spans several context lengths, else empty):
+
+* ``val_loss_vs_tokens<sfx>``: validation loss vs tokens, mean over seeds, band = min..max over
+  seeds, dotted target lines (each arm's largest-budget runs);
+* ``val_loss_vs_time<sfx>``: the same against training wall-clock seconds;
+* ``tokens_to_target<sfx>``: tokens to each target per arm (error bars +-1 s.d. over seeds) and
+  speedup vs the baseline per target (error bars = bootstrap CI);
+* ``final_loss_vs_budget<sfx>``: budget mode only: final validation loss vs token budget (log x),
+  error bars = min..max over seeds, ``|`` marks = interpolated tokens to target;
+* ``speedup_vs_context_length``: only when several context lengths were run;
+* ``train_loss_lr_vs_tokens<sfx>``: training loss (moving average when dense) and learning rate.
+
+Figures that do not apply are skipped, with the reason, in :attr:`FigureOutput.skipped`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import (
+    FuncFormatter,
+    LogLocator,
+    NullFormatter,
+    NullLocator,
+    ScalarFormatter,
+)
+
+from analysis.curves import (
+    context_lengths,
+    curve_runs,
+    final_losses,
+    mean_over_seeds,
+    select_context,
+)
+from analysis.errors import AnalysisWarning
+from analysis.tables import format_target
+
+__all__ = [
+    "STYLE",
+    "ArmStyle",
+    "FigureOutput",
+    "arm_styles",
+    "format_tokens",
+    "make_figures",
+    "save_figure",
+    "style_context",
+]
+
+# Okabe-Ito palette (colour-blind safe), baseline first in black
+_COLORS = ["#000000", "#D55E00", "#0072B2", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442"]
+_LINESTYLES: list[Any] = ["-", "--", "-.", ":", (0, (5, 1.5, 1, 1.5, 1, 1.5)), (0, (8, 2))]
+_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+
+STYLE: dict[str, Any] = {
+    "font.size": 9,
+    "axes.labelsize": 9,
+    "axes.titlesize": 9,
+    "legend.fontsize": 8,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.35,
+    "grid.linewidth": 0.5,
+    "lines.linewidth": 1.4,
+    "lines.markersize": 4.5,
+    "errorbar.capsize": 2.5,
+    "legend.frameon": False,
+    "savefig.bbox": "tight",
+    "savefig.pad_inches": 0.03,
+    "pdf.fonttype": 42,
+    "ps.fonttype": 42,
+    "figure.dpi": 100,
+}
+
+LOSS_LABEL = "validation loss (nats/token)"
+TOKENS_LABEL = "training tokens"
+_TARGET_LINE = dict(color="0.35", linewidth=0.8, linestyle=(0, (1, 2)), zorder=1)
+_MAX_LINE_POINTS = 4000
+
+
+@dataclass(frozen=True)
+class ArmStyle:
+    color: str
+    linestyle: Any
+    marker: str
+
+    def line_kwargs(self) -> dict[str, Any]:
+        return dict(color=self.color, linestyle=self.linestyle, marker=self.marker)
+
+
+@dataclass
+class FigureOutput:
+    """Files written (PNG and PDF of every figure) and figures skipped with the reason."""
+
+    written: list[Path] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+class NotApplicable(Exception):
+    """Raised by a figure builder when its figure does not apply to the data."""
+
+
+def arm_styles(arms: Sequence[str], baseline_arm: str | None = None) -> dict[str, ArmStyle]:
+    """One distinct (colour, line style, marker) per arm; the baseline gets black and solid."""
+    ordered = sorted(dict.fromkeys(arms), key=lambda a: (a != baseline_arm, str(a)))
+    return {
+        arm: ArmStyle(_COLORS[i % len(_COLORS)], _LINESTYLES[i % len(_LINESTYLES)],
+                      _MARKERS[i % len(_MARKERS)])
+        for i, arm in enumerate(ordered)
+    }
+
+
+def format_tokens(value: float, _pos: Any = None) -> str:
+    """1500000 -> '1.5M', 2e9 -> '2B', 50000 -> '50k'."""
+    if value is None or not math.isfinite(value):
+        return ""
+    v = abs(value)
+    for div, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if v >= div:
+            return f"{value / div:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
+@contextmanager
+def style_context():
+    """``with style_context(): ...`` applies the shared figure style (used by every figure here)."""
+    with matplotlib.rc_context(STYLE):
+        yield
+
+
+def save_figure(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
+    """Write ``stem.png`` (300 dpi) and ``stem.pdf`` into ``out_dir``; returns both paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png, pdf = out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"
+    with style_context():
+        fig.savefig(png, dpi=300, metadata={"Software": None})
+        fig.savefig(pdf, metadata={"CreationDate": None, "Creator": None, "Producer": None})
+    return [png, pdf]
+
+
+# --------------------------------------------------------------------------------------------------
+# small drawing helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def _thin(x: np.ndarray, y: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, ...]:
+    n = len(x)
+    if n <= _MAX_LINE_POINTS:
+        return (x, y, *others)
+    idx = np.unique(np.r_[np.linspace(0, n - 1, _MAX_LINE_POINTS).astype(int), n - 1])
+    return tuple(np.asarray(a)[idx] for a in (x, y, *others))
+
+
+def _markevery(i: int) -> tuple[float, float]:
+    # ~10 markers per curve, staggered between arms so they do not sit on top of each other
+    return (0.02 * (i % 5), 0.1)
+
+
+def _target_lines(ax: Any, targets: Sequence[float], where: str = "left") -> None:
+    """Dotted horizontal line per target, labelled at the left (curves fall from the upper left)."""
+    for t in targets:
+        ax.axhline(t, **_TARGET_LINE)
+        x, ha, dx = (0.0, "left", 3) if where == "left" else (1.0, "right", -3)
+        ax.annotate(f"target {format_target(t)}", xy=(x, t), xycoords=("axes fraction", "data"),
+                    xytext=(dx, 1.5), textcoords="offset points", ha=ha, va="bottom",
+                    fontsize=7, color="0.25")
+
+
+def _tokens_axis(axis: Any, log: bool = False) -> None:
+    axis.set_major_formatter(FuncFormatter(format_tokens))
+    if log:
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.set_minor_formatter(NullFormatter())
+
+
+def _ordered_arms(arms: Sequence[str], styles: dict[str, ArmStyle]) -> list[str]:
+    order = list(styles)
+    return sorted(dict.fromkeys(arms), key=lambda a: order.index(a) if a in order else len(order))
+
+
+def _n_seeds(runs: pd.DataFrame, arm: str) -> int:
+    return int(runs.loc[runs["arm"] == arm, "run_id"].nunique())
+
+
+# --------------------------------------------------------------------------------------------------
+# figure builders (each returns a Figure or raises NotApplicable)
+# --------------------------------------------------------------------------------------------------
+
+
+def fig_val_loss(frame: pd.DataFrame, targets: Sequence[float], styles: dict[str, ArmStyle],
+                 x: str = "tokens") -> Figure:
+    """Validation loss vs tokens (or vs ``elapsed_s``), mean over seeds with a min..max band."""
+    runs = curve_runs(frame[frame["metric"] == "val/loss"])
+    band = mean_over_seeds(runs, "val/loss", x=x)
+    if band.empty:
+        what = "tokens" if x == "tokens" else "time/elapsed_s"
+        raise NotApplicable(f"no val/loss values with a known {what}")
+    fig = Figure(figsize=(5.0, 3.3))
+    ax = fig.subplots()
+    any_band = False
+    for i, arm in enumerate(_ordered_arms(band["arm"].unique(), styles)):
+        b = band[band["arm"] == arm]
+        n = _n_seeds(runs, arm)
+        label = arm if n <= 1 else f"{arm} (mean of {n} seeds)"
+        xs, ys, lo, hi = _thin(b["x"].to_numpy(), b["mean"].to_numpy(), b["min"].to_numpy(),
+                               b["max"].to_numpy())
+        ax.plot(xs, ys, label=label, markevery=_markevery(i), **styles[arm].line_kwargs())
+        if n > 1:
+            any_band = True
+            ax.fill_between(xs, lo, hi, color=styles[arm].color, alpha=0.15, linewidth=0)
+    _target_lines(ax, targets)
+    if x == "tokens":
+        ax.set_xlabel(TOKENS_LABEL)
+        _tokens_axis(ax.xaxis)
+    else:
+        ax.set_xlabel("training time (s)")
+    ax.set_ylabel(LOSS_LABEL)
+    handles, labels = ax.get_legend_handles_labels()
+    if any_band:
+        from matplotlib.patches import Patch
+
+        handles.append(Patch(facecolor="0.5", alpha=0.3, linewidth=0))
+        labels.append("range over seeds")
+    ax.legend(handles, labels, loc="upper right")
+    return fig
+
+
+def fig_tokens_to_target(summary: pd.DataFrame, styles: dict[str, ArmStyle],
+                         baseline_arm: str) -> Figure:
+    """Tokens to each target per arm, and speedup vs the baseline per target."""
+    if summary.empty:
+        raise NotApplicable("the summary is empty (no targets or no val/loss)")
+    if not summary["reached"].any():
+        raise NotApplicable("no arm reached any target")
+    targets = list(dict.fromkeys(summary["target"].tolist()))
+    arms = _ordered_arms(summary["arm"].unique(), styles)
+    others = [a for a in arms if a != baseline_arm]
+    has_speedup = bool(np.isfinite(summary.loc[summary["arm"] != baseline_arm, "speedup"]).any())
+    ncols = 2 if has_speedup else 1
+    fig = Figure(figsize=(7.0 if has_speedup else 4.2, 3.0))
+    axes = np.atleast_1d(fig.subplots(1, ncols))
+    xpos = np.arange(len(targets), dtype=float)
+    width = 0.6
+
+    ax = axes[0]
+    for i, arm in enumerate(arms):
+        off = (i - (len(arms) - 1) / 2) * width / max(len(arms), 1)
+        rows = summary[summary["arm"] == arm].set_index("target").reindex(targets)
+        y = rows["tokens_to_target"].to_numpy(float)
+        err = np.nan_to_num(rows["tokens_to_target_std"].to_numpy(float), nan=0.0)
+        st = styles[arm]
+        ax.errorbar(xpos + off, y, yerr=err, fmt=st.marker, color=st.color, label=arm,
+                    linestyle="none", markersize=5)
+        for xp, yy in zip(xpos + off, y):
+            if not np.isfinite(yy):
+                ax.annotate("n.r.", xy=(xp, 0.02), xycoords=("data", "axes fraction"),
+                            ha="center", va="bottom", fontsize=7, color=st.color, rotation=90)
+    ax.set_xticks(xpos, [format_target(t) for t in targets])
+    ax.set_xlim(-0.6, len(targets) - 0.4)
+    ax.set_xlabel("target " + LOSS_LABEL)
+    ax.set_ylabel("tokens to target")
+    _tokens_axis(ax.yaxis)
+    ax.set_ylim(bottom=0)
+
+    if has_speedup:
+        ax = axes[1]
+        for j, arm in enumerate(others):
+            off = (j - (len(others) - 1) / 2) * width / max(len(arms), 1)
+            rows = summary[summary["arm"] == arm].set_index("target").reindex(targets)
+            sp = rows["speedup"].to_numpy(float)
+            lo = rows["speedup_ci_low"].to_numpy(float)
+            hi = rows["speedup_ci_high"].to_numpy(float)
+            yerr = np.vstack([np.nan_to_num(sp - lo, nan=0.0), np.nan_to_num(hi - sp, nan=0.0)])
+            yerr = np.clip(yerr, 0, None)
+            st = styles[arm]
+            ax.errorbar(xpos + off, sp, yerr=yerr, fmt=st.marker, color=st.color, label=arm,
+                        linestyle="none", markersize=5)
+            for xp, yy in zip(xpos + off, sp):
+                if not np.isfinite(yy):
+                    ax.annotate("n.r.", xy=(xp, 0.02), xycoords=("data", "axes fraction"),
+                                ha="center", va="bottom", fontsize=7, color=st.color,
+                                rotation=90)
+        ax.axhline(1.0, color="0.3", linewidth=0.8, linestyle="--", zorder=1)
+        ax.set_xticks(xpos, [format_target(t) for t in targets])
+        ax.set_xlim(-0.6, len(targets) - 0.4)
+        ax.set_xlabel("target " + LOSS_LABEL)
+        ax.set_ylabel(f"speedup in tokens vs {baseline_arm} (\u00d7)")
+        ax.set_ylim(bottom=0)
+    fig.subplots_adjust(wspace=0.35)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 0.89),
+               ncol=min(len(arms), 6), handletextpad=0.3, columnspacing=1.2)
+    return fig
+
+
+def fig_final_loss_vs_budget(frame: pd.DataFrame, summary: pd.DataFrame,
+                             targets: Sequence[float], styles: dict[str, ArmStyle]) -> Figure:
+    """Budget mode: final validation loss vs token budget per arm (log x)."""
+    fl = final_losses(frame)
+    fl = fl[pd.to_numeric(fl["budget"], errors="coerce").notna()]
+    multi = fl.groupby("arm")["budget"].nunique()
+    multi = multi[multi >= 2]
+    if multi.empty:
+        raise NotApplicable("every arm was trained at a single token budget (curve mode)")
+    fig = Figure(figsize=(5.0, 3.3))
+    ax = fig.subplots()
+    for arm in _ordered_arms(multi.index.tolist(), styles):
+        g = fl[fl["arm"] == arm].groupby("budget")["value"].agg(["mean", "min", "max"])
+        g = g.sort_index()
+        b = g.index.to_numpy(dtype=float)
+        yerr = np.vstack([g["mean"] - g["min"], g["max"] - g["mean"]])
+        st = styles[arm]
+        ax.errorbar(b, g["mean"], yerr=yerr, label=arm, **st.line_kwargs())
+        if not summary.empty:
+            s = summary[(summary["arm"] == arm) & (summary["mode"] == "budget")]
+            s = s[np.isfinite(s["tokens_to_target"].to_numpy(float))]
+            if not s.empty:
+                ax.plot(s["tokens_to_target"], s["target"], linestyle="none", marker="|",
+                        markersize=10, markeredgewidth=1.5, color=st.color)
+    ax.set_xscale("log")
+    _tokens_axis(ax.xaxis, log=True)
+    budgets = np.unique(pd.to_numeric(fl["budget"], errors="coerce").dropna().to_numpy(float))
+    if budgets.size <= 8:  # label exactly the budgets that were run
+        ax.set_xticks(budgets, [format_tokens(b) for b in budgets])
+        ax.xaxis.set_minor_locator(NullLocator())
+    _target_lines(ax, targets, where="right")
+    ax.set_xlabel("token budget (tokens, log scale)")
+    ax.set_ylabel("final " + LOSS_LABEL)
+    ax.legend(loc="best")
+    return fig
+
+
+def fig_speedup_vs_context(summary: pd.DataFrame, styles: dict[str, ArmStyle],
+                           baseline_arm: str) -> Figure:
+    """Speedup vs context length, one panel per target (only with several context lengths)."""
+    s = summary[~summary["is_baseline"]] if not summary.empty else summary
+    ctx = pd.to_numeric(s["context_length"], errors="coerce") if not s.empty else pd.Series([])
+    s = s[ctx.notna().to_numpy(dtype=bool)] if not s.empty else s
+    n_ctx = int(pd.to_numeric(summary["context_length"], errors="coerce").dropna().nunique()) \
+        if not summary.empty else 0
+    if n_ctx < 2:
+        raise NotApplicable("the experiment has a single context length")
+    if s.empty or not np.isfinite(s["speedup"].to_numpy(float)).any():
+        raise NotApplicable("no speedup to plot (no non-baseline arm reached a target)")
+    finite = np.isfinite(s["speedup"].to_numpy(float))
+    # one panel per target that some arm reached (a panel with no point cannot be log-scaled)
+    targets = list(dict.fromkeys(s.loc[finite, "target"].tolist()))
+    ncols = min(len(targets), 3)
+    nrows = math.ceil(len(targets) / ncols)
+    fig = Figure(figsize=(2.6 * ncols + 0.8, 2.8 * nrows))
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, sharey=True, squeeze=False)).ravel()
+    ctx_ticks = sorted(int(c) for c in pd.to_numeric(s["context_length"]).dropna().unique())
+    for k, t in enumerate(targets):
+        ax = axes[k]
+        for arm in _ordered_arms(s["arm"].unique(), styles):
+            r = s[(s["arm"] == arm) & (s["target"] == t)].sort_values("context_length")
+            x = r["context_length"].to_numpy(float)
+            sp = r["speedup"].to_numpy(float)
+            lo = r["speedup_ci_low"].to_numpy(float)
+            hi = r["speedup_ci_high"].to_numpy(float)
+            yerr = np.clip(np.vstack([np.nan_to_num(sp - lo, nan=0.0),
+                                      np.nan_to_num(hi - sp, nan=0.0)]), 0, None)
+            ax.errorbar(x, sp, yerr=yerr, label=arm, **styles[arm].line_kwargs())
+        ax.axhline(1.0, color="0.3", linewidth=0.8, linestyle="--", zorder=1)
+        ax.set_xscale("log", base=2)
+        ax.set_xlim(ctx_ticks[0] / 1.3, ctx_ticks[-1] * 1.3)
+        ax.set_xticks(ctx_ticks, [str(c) for c in ctx_ticks])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_title(f"target {format_target(t)}")
+        ax.set_xlabel("context length (tokens)")
+        if k % ncols == 0:
+            ax.set_ylabel(f"speedup in tokens vs {baseline_arm} (\u00d7)")
+    for ax in axes[len(targets):]:
+        ax.set_visible(False)
+    axes[0].legend(loc="best")
+    return fig
+
+
+def fig_train_loss_lr(frame: pd.DataFrame, styles: dict[str, ArmStyle]) -> Figure:
+    """Training loss (top) and learning rate (bottom) vs tokens."""
+    runs = curve_runs(frame[frame["metric"].isin(["train/loss", "lr"])])
+    tl = mean_over_seeds(runs, "train/loss") if not runs.empty else pd.DataFrame()
+    lr = mean_over_seeds(runs, "lr") if not runs.empty else pd.DataFrame()
+    panels = [(name, d) for name, d in (("train/loss", tl), ("lr", lr)) if not d.empty]
+    if not panels:
+        raise NotApplicable("no train/loss or lr metric with tokens")
+    fig = Figure(figsize=(5.0, 2.1 * len(panels) + 0.5))
+    axes = np.atleast_1d(fig.subplots(len(panels), 1, sharex=True, squeeze=False)).ravel()
+    for ax, (name, d) in zip(axes, panels):
+        window = 1
+        for i, arm in enumerate(_ordered_arms(d["arm"].unique(), styles)):
+            b = d[d["arm"] == arm]
+            y = b["mean"]
+            if name == "train/loss" and len(b) > 200:
+                window = max(window, len(b) // 100)
+                y = y.rolling(len(b) // 100, center=True, min_periods=1).mean()
+            xs, ys = _thin(b["x"].to_numpy(), y.to_numpy())
+            ax.plot(xs, ys, label=arm, markevery=_markevery(i), **styles[arm].line_kwargs())
+        if name == "train/loss":
+            ax.set_ylabel("training loss (nats/token)")
+            if window > 1:
+                ax.annotate(f"moving average over {window} logged steps", xy=(0.99, 0.97),
+                            xycoords="axes fraction", ha="right", va="top", fontsize=7,
+                            color="0.3")
+            ax.legend(loc="upper right" if window == 1 else "center right")
+        else:
+            ax.set_ylabel("learning rate")
+            fmt = ScalarFormatter(useMathText=True)
+            fmt.set_powerlimits((-2, 3))
+            ax.yaxis.set_major_formatter(fmt)
+            if len(panels) == 1:
+                ax.legend(loc="best")
+    axes[-1].set_xlabel(TOKENS_LABEL)
+    _tokens_axis(axes[-1].xaxis)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------
+# driver
+# --------------------------------------------------------------------------------------------------
+
+
+def make_figures(frame: pd.DataFrame, summary: pd.DataFrame, targets: Sequence[float],
+                 baseline_arm: str, out_dir: Path) -> FigureOutput:
+    """Write every figure that applies into ``out_dir`` (PNG + PDF); never raises for a figure.
+
+    A figure that does not apply is recorded in ``skipped``; one that fails unexpectedly is recorded
+    there too and reported with an :class:`~analysis.errors.AnalysisWarning`.
+    """
+    out = FigureOutput()
+    out_dir = Path(out_dir)
+    targets = [float(t) for t in targets]
+    styles = arm_styles(frame["arm"].dropna().unique().tolist(), baseline_arm)
+    ctxs = context_lengths(frame)
+    multi = len(ctxs) > 1
+
+    def attempt(stem: str, build: Callable[[], Figure]) -> None:
+        try:
+            with style_context():
+                fig = build()
+            out.written.extend(save_figure(fig, out_dir, stem))
+        except NotApplicable as exc:
+            out.skipped.append((stem, str(exc)))
+        except Exception as exc:  # noqa: BLE001 - one broken figure must not stop the others
+            out.skipped.append((stem, f"failed: {type(exc).__name__}: {exc}"))
+            warnings.warn(f"figure {stem} failed: {type(exc).__name__}: {exc}", AnalysisWarning,
+                          stacklevel=2)
+
+    for ctx in ctxs:
+        sfx = "" if not multi else (f"_ctx{ctx}" if ctx is not None else "_ctx_unknown")
+        sub = select_context(frame, ctx)
+        if summary.empty:
+            summ = summary
+        else:
+            c = pd.to_numeric(summary["context_length"], errors="coerce")
+            summ = summary[(c.isna() if ctx is None else c == ctx).to_numpy(dtype=bool)]
+        attempt(f"val_loss_vs_tokens{sfx}", lambda: fig_val_loss(sub, targets, styles, "tokens"))
+        attempt(f"val_loss_vs_time{sfx}", lambda: fig_val_loss(sub, targets, styles, "elapsed_s"))
+        attempt(f"tokens_to_target{sfx}", lambda: fig_tokens_to_target(summ, styles, baseline_arm))
+        attempt(f"final_loss_vs_budget{sfx}",
+                lambda: fig_final_loss_vs_budget(sub, summ, targets, styles))
+        attempt(f"train_loss_lr_vs_tokens{sfx}", lambda: fig_train_loss_lr(sub, styles))
+    attempt("speedup_vs_context_length",
+            lambda: fig_speedup_vs_context(summary, styles, baseline_arm))
+    return out

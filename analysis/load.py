@@ -1,0 +1,572 @@
+"""Load datgpt runs and their full metric histories from MLflow into one tidy pandas frame.
+
+The MLflow layout written by the runner (the contract this module reads):
+
+* one experiment per experiment YAML;
+* one **parent** run per invocation: tags ``datgpt.role=parent``, ``datgpt.targets`` (JSON list of
+  target validation losses), ``datgpt.baseline_arm``, ``datgpt.config_hash``, ``datgpt.git_commit``;
+* one **child** run per (arm, seed[, budget]): tags ``mlflow.parentRunId``, ``datgpt.role=child``,
+  ``datgpt.arm``, ``datgpt.seed``, ``datgpt.model_kind``; params ``train.tokens`` (budget) and
+  ``model.context_length`` among the flattened config; metrics logged against the optimizer step,
+  with a ``tokens`` metric (and ``time/elapsed_s``) at every logged step.
+
+Which runs are loaded: by default **all** child runs of the experiment, across every parent run
+(invocation). When the same (arm, seed, budget, context length) appears more than once (e.g. an
+invocation was repeated), only the most recently started run is kept and the others are reported
+in a warning. ``parent_run_id`` restricts the load to one invocation (``"latest"`` = the most
+recently started parent). Child runs whose status is not FINISHED are skipped with a warning
+unless ``include_unfinished=True``; runs without any ``val/loss`` are skipped with a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+import pandas as pd
+
+from analysis.errors import (
+    AnalysisWarning,
+    NoRunsError,
+    TrackingStoreError,
+    UnknownExperimentError,
+    UnknownParentRunError,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
+
+__all__ = [
+    "FRAME_COLUMNS",
+    "ExperimentData",
+    "ParentInfo",
+    "resolve_tracking_uri",
+    "list_experiments",
+    "list_parents",
+    "load_experiment",
+]
+
+# tag / param / metric names of the contract
+TAG_ROLE = "datgpt.role"
+TAG_TARGETS = "datgpt.targets"
+TAG_BASELINE = "datgpt.baseline_arm"
+TAG_CONFIG_HASH = "datgpt.config_hash"
+TAG_GIT_COMMIT = "datgpt.git_commit"
+TAG_ARM = "datgpt.arm"
+TAG_SEED = "datgpt.seed"
+TAG_MODEL_KIND = "datgpt.model_kind"
+TAG_PARENT = "mlflow.parentRunId"
+PARAM_BUDGET = "train.tokens"
+PARAM_CONTEXT = "model.context_length"
+METRIC_TOKENS = "tokens"
+METRIC_ELAPSED = "time/elapsed_s"
+METRIC_VAL_LOSS = "val/loss"
+
+FRAME_COLUMNS = [
+    "experiment",
+    "parent_run_id",
+    "run_id",
+    "arm",
+    "seed",
+    "budget",
+    "context_length",
+    "step",
+    "tokens",
+    "elapsed_s",
+    "metric",
+    "value",
+]
+
+RUN_COLUMNS = [
+    "run_id",
+    "parent_run_id",
+    "arm",
+    "seed",
+    "budget",
+    "context_length",
+    "model_kind",
+    "status",
+    "start_time",
+    "run_name",
+]
+
+
+@dataclass
+class ParentInfo:
+    """Metadata of one parent run (one runner invocation)."""
+
+    run_id: str
+    name: str | None
+    targets: list[float]
+    baseline_arm: str | None
+    config_hash: str | None
+    git_commit: str | None
+    status: str
+    start_time: int | None  # ms since the epoch
+
+
+@dataclass
+class ExperimentData:
+    """Everything :func:`load_experiment` found.
+
+    ``frame`` is the tidy frame (columns :data:`FRAME_COLUMNS`, one row per logged metric value;
+    ``tokens`` and ``time/elapsed_s`` are not rows but the ``tokens`` / ``elapsed_s`` columns).
+    ``runs`` has one row per kept child run. ``targets`` / ``baseline_arm`` come from the parent
+    run tags (the most recent parent first). ``skipped`` lists ``(run_id, reason)`` of the runs
+    left out.
+    """
+
+    experiment: str
+    experiment_id: str
+    tracking_uri: str
+    frame: pd.DataFrame
+    runs: pd.DataFrame
+    parents: dict[str, ParentInfo]
+    targets: list[float]
+    baseline_arm: str
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def arms(self) -> list[str]:
+        """Arms in display order: baseline first, then alphabetical."""
+        arms = self.runs["arm"].dropna().unique().tolist()
+        return sorted(arms, key=lambda a: (a != self.baseline_arm, str(a)))
+
+
+# --------------------------------------------------------------------------------------------------
+# tracking store
+# --------------------------------------------------------------------------------------------------
+
+
+def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
+    """The URI to read: the argument, else MLflow's current one (``mlflow.set_tracking_uri``, else
+    ``MLFLOW_TRACKING_URI``, else MLflow's default).
+
+    MLflow 3's default is ``sqlite:///mlflow.db`` in the working folder (or ``./mlruns`` when that
+    folder already holds data).
+    """
+    if tracking_uri:
+        return tracking_uri
+    import mlflow
+
+    # honours mlflow.set_tracking_uri() (e.g. by the runner), then MLFLOW_TRACKING_URI, then default
+    return mlflow.get_tracking_uri()
+
+
+def _check_local_store(uri: str) -> None:
+    """Refuse to read a local store that does not exist (MLflow would silently create it)."""
+    hint = "set MLFLOW_TRACKING_URI or pass --tracking-uri"
+    if uri.startswith("sqlite:"):
+        path = unquote(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else ""
+        path = path.split("?", 1)[0]
+        if path and path != ":memory:" and not os.path.exists(path):
+            raise TrackingStoreError(f"no MLflow database at {os.path.abspath(path)} ({hint})")
+        return
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        path = unquote(parsed.path) if parsed.scheme == "file" else uri
+        if not os.path.isdir(path):
+            raise TrackingStoreError(f"no MLflow store at {os.path.abspath(path)} ({hint})")
+
+
+def _client(tracking_uri: str | None) -> tuple["MlflowClient", str]:
+    uri = resolve_tracking_uri(tracking_uri)
+    _check_local_store(uri)
+    from mlflow.tracking import MlflowClient
+
+    try:
+        return MlflowClient(tracking_uri=uri), uri
+    except Exception as exc:  # noqa: BLE001 - MLflow raises many types here
+        raise TrackingStoreError(f"cannot open MLflow tracking store {uri}: {exc}") from exc
+
+
+def list_experiments(tracking_uri: str | None = None) -> list[str]:
+    """Names of the active experiments in the store."""
+    client, uri = _client(tracking_uri)
+    return _experiment_names(client, uri)
+
+
+def _experiment_names(client: "MlflowClient", uri: str) -> list[str]:
+    try:
+        exps = client.search_experiments()
+    except Exception as exc:  # noqa: BLE001
+        raise TrackingStoreError(f"cannot read experiments from {uri}: {exc}") from exc
+    return sorted(e.name for e in exps)
+
+
+def list_parents(experiment: str, tracking_uri: str | None = None) -> list[tuple[ParentInfo, int]]:
+    """Parent runs (invocations) of ``experiment``, newest first, with their number of child runs.
+
+    Reads run metadata only (no metric histories).
+    """
+    client, uri = _client(tracking_uri)
+    exp = _get_experiment(client, uri, experiment)
+    runs = _search_all_runs(client, exp.experiment_id)
+    counts: dict[str, int] = {}
+    for r in runs:
+        if r.data.tags.get(TAG_ROLE) != "parent" and TAG_PARENT in r.data.tags:
+            counts[r.data.tags[TAG_PARENT]] = counts.get(r.data.tags[TAG_PARENT], 0) + 1
+    return [(_parent_info(r), counts.get(r.info.run_id, 0)) for r in runs
+            if r.data.tags.get(TAG_ROLE) == "parent"]
+
+
+def _get_experiment(client: "MlflowClient", uri: str, experiment: str) -> Any:
+    try:
+        exp = client.get_experiment_by_name(experiment)
+    except Exception as exc:  # noqa: BLE001
+        raise TrackingStoreError(f"cannot read MLflow tracking store {uri}: {exc}") from exc
+    if exp is None or exp.lifecycle_stage != "active":
+        raise UnknownExperimentError(experiment, _experiment_names(client, uri), uri)
+    return exp
+
+
+def _search_all_runs(client: "MlflowClient", experiment_id: str) -> list["Run"]:
+    from mlflow.entities import ViewType
+
+    runs: list[Run] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            experiment_ids=[experiment_id],
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=1000,
+            order_by=["attributes.start_time DESC"],
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+# --------------------------------------------------------------------------------------------------
+# parsing helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def _parse_int(value: Any) -> int | None:
+    if value is None:
+        return None
+    text = str(value).strip().replace("_", "")
+    if not text or text.lower() in ("none", "null", "nan"):
+        return None
+    try:
+        f = float(text)
+    except ValueError:
+        return None
+    if not math.isfinite(f):
+        return None
+    return int(round(f))
+
+
+def _parse_targets(text: str | None, run_id: str) -> list[float]:
+    if not text:
+        return []
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, TypeError):
+        value = [v for v in str(text).strip("[]() ").split(",") if v.strip()]
+    if isinstance(value, (int, float)):
+        value = [value]
+    out: list[float] = []
+    try:
+        for v in value:
+            out.append(float(v))
+    except (TypeError, ValueError):
+        warnings.warn(
+            f"parent run {run_id}: cannot parse tag {TAG_TARGETS}={text!r}; ignoring it",
+            AnalysisWarning,
+            stacklevel=3,
+        )
+        return []
+    return out
+
+
+def _parent_info(run: "Run") -> ParentInfo:
+    tags = run.data.tags
+    return ParentInfo(
+        run_id=run.info.run_id,
+        name=run.data.params.get("name") or tags.get("mlflow.runName"),
+        targets=_parse_targets(tags.get(TAG_TARGETS), run.info.run_id),
+        baseline_arm=tags.get(TAG_BASELINE) or None,
+        config_hash=tags.get(TAG_CONFIG_HASH),
+        git_commit=tags.get(TAG_GIT_COMMIT),
+        status=run.info.status,
+        start_time=run.info.start_time,
+    )
+
+
+def _history(client: "MlflowClient", run_id: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Full history of one metric as (step, value), one value per step (the last one logged)."""
+    hist = client.get_metric_history(run_id, key)
+    if not hist:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=float)
+    steps = np.fromiter((m.step for m in hist), dtype=np.int64, count=len(hist))
+    stamps = np.fromiter((m.timestamp for m in hist), dtype=np.int64, count=len(hist))
+    values = np.fromiter((m.value for m in hist), dtype=float, count=len(hist))
+    # a resumed run may re-log some steps: keep the most recently logged value of each step
+    order = np.lexsort((np.arange(len(hist)), stamps, steps))
+    steps, values = steps[order], values[order]
+    last = np.ones(steps.size, dtype=bool)
+    last[:-1] = steps[1:] != steps[:-1]
+    return steps[last], values[last]
+
+
+def _join_by_step(steps: np.ndarray, src_steps: np.ndarray, src_values: np.ndarray) -> np.ndarray:
+    """Values of ``src`` at ``steps``: exact match, else linear in step inside the logged range."""
+    out = np.full(steps.size, np.nan)
+    if src_steps.size == 0:
+        return out
+    pos = np.searchsorted(src_steps, steps)
+    pos_c = np.clip(pos, 0, src_steps.size - 1)
+    exact = src_steps[pos_c] == steps
+    out[exact] = src_values[pos_c[exact]]
+    missing = ~exact & (steps >= src_steps[0]) & (steps <= src_steps[-1])
+    if missing.any():
+        out[missing] = np.interp(steps[missing], src_steps, src_values)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# main entry point
+# --------------------------------------------------------------------------------------------------
+
+
+def _warn(msg: str) -> None:
+    warnings.warn(msg, AnalysisWarning, stacklevel=3)
+
+
+def load_experiment(
+    experiment: str,
+    *,
+    parent_run_id: str | None = None,
+    tracking_uri: str | None = None,
+    include_unfinished: bool = False,
+    metrics: list[str] | None = None,
+) -> ExperimentData:
+    """Load the child runs of ``experiment`` with their full metric histories.
+
+    Args:
+        experiment: MLflow experiment name (the YAML's ``tracking.experiment``, default ``name``).
+        parent_run_id: ``None`` = all invocations (parent runs) of the experiment; a run id (or a
+            unique prefix of one) = only that invocation; ``"latest"`` = the most recent one.
+        tracking_uri: MLflow tracking URI; default ``MLFLOW_TRACKING_URI``, else MLflow's default.
+        include_unfinished: also load RUNNING/FAILED/KILLED child runs (default: skip them with a
+            warning).
+        metrics: metric keys to load (default: all); ``val/loss`` is always loaded.
+
+    Raises:
+        TrackingStoreError: the store does not exist or cannot be read.
+        UnknownExperimentError: no experiment of that name (the message lists the existing ones).
+        UnknownParentRunError: ``parent_run_id`` is not a parent run of the experiment.
+        NoRunsError: no usable child run is left.
+    """
+    client, uri = _client(tracking_uri)
+    exp = _get_experiment(client, uri, experiment)
+
+    all_runs = _search_all_runs(client, exp.experiment_id)  # newest first
+    parents = {r.info.run_id: _parent_info(r) for r in all_runs
+               if r.data.tags.get(TAG_ROLE) == "parent"}
+    children = [r for r in all_runs
+                if r.data.tags.get(TAG_ROLE) == "child"
+                or (r.data.tags.get(TAG_ROLE) is None and TAG_ARM in r.data.tags)]
+
+    if parent_run_id is not None:
+        chosen = _choose_parent(parent_run_id, parents, experiment)
+        children = [r for r in children if r.data.tags.get(TAG_PARENT) == chosen]
+        parents = {chosen: parents[chosen]}
+
+    skipped: list[tuple[str, str]] = []
+    kept: list[Run] = []
+    for r in children:
+        label = _run_label(r)
+        if r.info.status != "FINISHED" and not include_unfinished:
+            reason = f"status {r.info.status}"
+            skipped.append((r.info.run_id, reason))
+            _warn(f"skipping {label}: {reason} (use --include-unfinished to keep it)")
+            continue
+        if not r.data.tags.get(TAG_ARM):
+            skipped.append((r.info.run_id, f"no {TAG_ARM} tag"))
+            _warn(f"skipping {label}: no {TAG_ARM} tag")
+            continue
+        if METRIC_VAL_LOSS not in r.data.metrics:
+            skipped.append((r.info.run_id, f"no {METRIC_VAL_LOSS}"))
+            _warn(f"skipping {label}: it logged no {METRIC_VAL_LOSS}")
+            continue
+        kept.append(r)
+
+    kept = _dedupe(kept, skipped)
+    if not kept:
+        where = f" under parent run {parent_run_id}" if parent_run_id else ""
+        detail = f" ({len(skipped)} skipped: see warnings)" if skipped else ""
+        raise NoRunsError(f"experiment {experiment!r} has no usable child runs{where}{detail}")
+
+    frames: list[pd.DataFrame] = []
+    run_rows: list[dict[str, Any]] = []
+    for r in kept:
+        info = _run_meta(r)
+        run_rows.append(info)
+        frames.append(_run_frame(client, r, info, experiment, metrics))
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=FRAME_COLUMNS)
+    frame = _typed_frame(frame)
+    runs = pd.DataFrame(run_rows, columns=RUN_COLUMNS)
+    for col in ("seed", "budget", "context_length"):
+        runs[col] = pd.array(runs[col].tolist(), dtype="Int64")
+
+    used_parents = {p for p in runs["parent_run_id"] if p in parents}
+    ordered = sorted((parents[p] for p in used_parents),
+                     key=lambda p: -(p.start_time or 0))
+    targets: list[float] = []
+    for p in ordered:
+        for t in p.targets:
+            if t not in targets:
+                targets.append(t)
+    baselines = [p.baseline_arm for p in ordered if p.baseline_arm]
+    arms = sorted(runs["arm"].unique().tolist())
+    if baselines:
+        baseline = baselines[0]
+        if len(set(baselines)) > 1:
+            _warn(f"parent runs disagree on the baseline arm {sorted(set(baselines))}; "
+                  f"using {baseline!r} from the most recent one")
+    else:
+        baseline = "gpt" if "gpt" in arms else arms[0]
+        _warn(f"no {TAG_BASELINE} tag on the parent run(s); using {baseline!r} as baseline")
+    if not targets:
+        _warn(f"no {TAG_TARGETS} tag on the parent run(s); no targets to summarise")
+
+    return ExperimentData(
+        experiment=experiment,
+        experiment_id=exp.experiment_id,
+        tracking_uri=uri,
+        frame=frame,
+        runs=runs,
+        parents=dict(sorted(parents.items(), key=lambda kv: -(kv[1].start_time or 0))),
+        targets=targets,
+        baseline_arm=baseline,
+        skipped=skipped,
+    )
+
+
+def _choose_parent(wanted: str, parents: dict[str, ParentInfo], experiment: str) -> str:
+    if not parents:
+        raise UnknownParentRunError(f"experiment {experiment!r} has no parent runs "
+                                    f"({TAG_ROLE}=parent)")
+    if wanted == "latest":
+        return max(parents.values(), key=lambda p: p.start_time or 0).run_id
+    if wanted in parents:
+        return wanted
+    matches = [p for p in parents if p.startswith(wanted)] if len(wanted) >= 4 else []
+    if len(matches) == 1:
+        return matches[0]
+    listing = ", ".join(
+        p.run_id for p in sorted(parents.values(), key=lambda p: -(p.start_time or 0))[:10])
+    kind = "ambiguous" if len(matches) > 1 else "unknown"
+    raise UnknownParentRunError(
+        f"{kind} parent run {wanted!r} in experiment {experiment!r}; parent runs (newest first): "
+        f"{listing}")
+
+
+def _run_label(r: "Run") -> str:
+    tags = r.data.tags
+    arm = tags.get(TAG_ARM, "?")
+    seed = tags.get(TAG_SEED, "?")
+    budget = r.data.params.get(PARAM_BUDGET)
+    extra = f" budget={budget}" if budget else ""
+    return f"run {r.info.run_id} (arm={arm} seed={seed}{extra})"
+
+
+def _run_meta(r: "Run") -> dict[str, Any]:
+    tags, params = r.data.tags, r.data.params
+    seed = _parse_int(tags.get(TAG_SEED))
+    if seed is None:
+        seed = _parse_int(params.get("seed"))
+    return dict(
+        run_id=r.info.run_id,
+        parent_run_id=tags.get(TAG_PARENT, ""),
+        arm=tags.get(TAG_ARM),
+        seed=seed,
+        budget=_parse_int(params.get(PARAM_BUDGET)),
+        context_length=_parse_int(params.get(PARAM_CONTEXT)),
+        model_kind=tags.get(TAG_MODEL_KIND),
+        status=r.info.status,
+        start_time=r.info.start_time,
+        run_name=tags.get("mlflow.runName"),
+    )
+
+
+def _dedupe(runs: list["Run"], skipped: list[tuple[str, str]]) -> list["Run"]:
+    """Keep the most recently started run of each (arm, seed, budget, context length)."""
+    best: dict[tuple, Run] = {}
+    for r in runs:
+        m = _run_meta(r)
+        key = (m["arm"], m["seed"], m["budget"], m["context_length"])
+        prev = best.get(key)
+        if prev is None or (r.info.start_time or 0) > (prev.info.start_time or 0):
+            if prev is not None:
+                _note_duplicate(prev, r, skipped)
+            best[key] = r
+        else:
+            _note_duplicate(r, prev, skipped)
+    keep_ids = {r.info.run_id for r in best.values()}
+    return [r for r in runs if r.info.run_id in keep_ids]
+
+
+def _note_duplicate(dropped: "Run", kept: "Run", skipped: list[tuple[str, str]]) -> None:
+    reason = f"superseded by the newer run {kept.info.run_id}"
+    skipped.append((dropped.info.run_id, reason))
+    _warn(f"skipping {_run_label(dropped)}: {reason} (same arm/seed/budget/context; "
+          "pick one invocation with --parent)")
+
+
+def _run_frame(client: "MlflowClient", r: "Run", meta: dict[str, Any], experiment: str,
+               metrics: list[str] | None) -> pd.DataFrame:
+    keys = sorted(r.data.metrics)
+    tok_steps, tok_vals = (_history(client, r.info.run_id, METRIC_TOKENS)
+                           if METRIC_TOKENS in keys else (np.empty(0, np.int64), np.empty(0)))
+    el_steps, el_vals = (_history(client, r.info.run_id, METRIC_ELAPSED)
+                         if METRIC_ELAPSED in keys else (np.empty(0, np.int64), np.empty(0)))
+    if tok_steps.size == 0:
+        _warn(f"{_run_label(r)} logged no '{METRIC_TOKENS}' metric; its tokens are NaN")
+    wanted = [k for k in keys if k not in (METRIC_TOKENS, METRIC_ELAPSED)]
+    if metrics is not None:
+        wanted = [k for k in wanted if k in set(metrics) | {METRIC_VAL_LOSS}]
+    parts = []
+    for key in wanted:
+        steps, values = _history(client, r.info.run_id, key)
+        if steps.size == 0:
+            continue
+        parts.append(pd.DataFrame({
+            "step": steps,
+            "tokens": _join_by_step(steps, tok_steps, tok_vals),
+            "elapsed_s": _join_by_step(steps, el_steps, el_vals),
+            "metric": key,
+            "value": values,
+        }))
+    df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        columns=["step", "tokens", "elapsed_s", "metric", "value"])
+    df.insert(0, "experiment", experiment)
+    df.insert(1, "parent_run_id", meta["parent_run_id"])
+    df.insert(2, "run_id", meta["run_id"])
+    df.insert(3, "arm", meta["arm"])
+    df.insert(4, "seed", meta["seed"])
+    df.insert(5, "budget", meta["budget"])
+    df.insert(6, "context_length", meta["context_length"])
+    return df
+
+
+def _typed_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.reindex(columns=FRAME_COLUMNS)
+    for col in ("seed", "budget", "context_length"):
+        frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("Int64")
+    frame["step"] = frame["step"].astype("int64")
+    for col in ("tokens", "elapsed_s", "value"):
+        frame[col] = frame[col].astype(float)
+    return frame.sort_values(["arm", "seed", "budget", "run_id", "metric", "step"],
+                             kind="stable", ignore_index=True)

@@ -1,0 +1,253 @@
+"""The summary table as CSV (full precision), Markdown and LaTeX (booktabs), ready for a thesis.
+
+The LaTeX is written directly (no jinja2 needed) and needs ``\\usepackage{booktabs}``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+__all__ = ["display_frame", "format_summary", "to_markdown", "to_latex", "write_tables"]
+
+NOT_REACHED = "n.r."
+
+
+def _f(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _sig3(v: float) -> str:
+    """Three significant digits, keeping trailing zeros: 1.2 -> '1.20', 503.4 -> '503'."""
+    if v == 0:
+        return "0"
+    decimals = max(0, 2 - int(math.floor(math.log10(abs(v)))))
+    text = f"{v:.{decimals}f}"
+    if abs(float(text)) >= 10 ** (3 - decimals) and decimals > 0:  # 9.996 rounded up to 10.00
+        text = f"{v:.{decimals - 1}f}"
+    return text
+
+
+def _tokens(v: Any) -> str:
+    v = _f(v)
+    if not math.isfinite(v):
+        return NOT_REACHED
+    for div, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= div * 0.9995:
+            return f"{_sig3(v / div)}{suffix}"
+    return _sig3(v)
+
+
+def _seconds(v: Any) -> str:
+    v = _f(v)
+    if not math.isfinite(v):
+        return NOT_REACHED
+    return _sig3(v) if v < 1000 else f"{v:,.0f}"
+
+
+def _loss(v: Any) -> str:
+    v = _f(v)
+    return f"{v:.3f}" if math.isfinite(v) else "--"
+
+
+def _ratio(point: Any, low: Any, high: Any) -> str:
+    p, lo, hi = _f(point), _f(low), _f(high)
+    if not math.isfinite(p):
+        return NOT_REACHED
+    if math.isfinite(lo) and math.isfinite(hi):
+        return f"{p:.2f} [{lo:.2f}, {hi:.2f}]"
+    return f"{p:.2f}"
+
+
+def format_target(t: Any) -> str:
+    """6.0 -> '6.0', 5.25 -> '5.25' (at least one decimal, as losses are usually written)."""
+    text = f"{_f(t):g}"
+    return text if any(c in text for c in ".en") else text + ".0"
+
+
+def display_frame(summary: pd.DataFrame, *, pm: str = "\u00b1") -> pd.DataFrame:
+    """Human-readable strings of the key columns (what the Markdown/LaTeX tables show)."""
+    multi_ctx = summary["context_length"].dropna().nunique() > 1 if not summary.empty else False
+    multi_mode = summary["mode"].nunique() > 1 if not summary.empty else False
+    rows = []
+    for _, r in summary.iterrows():
+        tok = _tokens(r["tokens_to_target"])
+        sd = _f(r["tokens_to_target_std"])
+        if tok != NOT_REACHED and math.isfinite(sd):
+            tok = f"{tok} {pm} {_tokens(sd)}"
+        row: dict[str, str] = {}
+        if multi_ctx:
+            cl = r["context_length"]
+            row["Context"] = "?" if pd.isna(cl) else str(int(cl))
+        row["Target"] = format_target(r["target"])
+        row["Arm"] = str(r["arm"])
+        if multi_mode:
+            row["Mode"] = str(r["mode"])
+        row["Final loss"] = _loss(r["final_val_loss"])
+        row["Best loss"] = _loss(r["best_val_loss"])
+        row["Tokens to target"] = tok
+        row["Time to target (s)"] = _seconds(r["seconds_to_target"])
+        if bool(r["is_baseline"]):
+            row["Speedup (tokens)"] = "baseline"
+            row["Speedup (time)"] = "baseline"
+        else:
+            row["Speedup (tokens)"] = _ratio(r["speedup"], r["speedup_ci_low"],
+                                             r["speedup_ci_high"])
+            row["Speedup (time)"] = _ratio(r["time_speedup"], r["time_speedup_ci_low"],
+                                           r["time_speedup_ci_high"])
+        row["Reached"] = f"{int(r['n_reached'])}/{int(r['n_seeds'])}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _notes(summary: pd.DataFrame) -> str:
+    baseline = summary.attrs.get("baseline_arm")
+    if baseline is None and not summary.empty and summary["is_baseline"].any():
+        baseline = summary.loc[summary["is_baseline"], "arm"].iloc[0]
+    level = float(summary.attrs.get("ci_level", 0.95))
+    modes = sorted(summary["mode"].unique()) if not summary.empty else []
+    mode_txt = {
+        "curve": "curve mode (first crossing of the validation curve, linear interpolation "
+                 "between evaluations)",
+        "budget": "budget mode (final loss of runs at several token budgets, interpolated "
+                  "in log tokens)",
+    }
+    parts = [
+        "Target: validation loss (nats/token).",
+        "Tokens/time to target: " + "; ".join(mode_txt[m] for m in modes if m in mode_txt)
+        + ", mean over the seeds that reached the target (\u00b1 1 s.d. with several seeds).",
+        f"Speedup = {baseline} / arm, in tokens and in training wall-clock time; brackets: "
+        f"{level:.0%} bootstrap CI over seeds (paired by seed).",
+        f"{NOT_REACHED} = not reached; Reached = seeds that reached the target / seeds run.",
+    ]
+    return " ".join(parts)
+
+
+def to_markdown(summary: pd.DataFrame, *, notes: bool = True) -> str:
+    """GitHub-flavoured Markdown table (plus a notes paragraph)."""
+    disp = display_frame(summary)
+    if disp.empty:
+        return "(no results)\n"
+    cols = list(disp.columns)
+    text_cols = {"Arm", "Mode"}
+    widths = {c: max(len(c), *(len(v) for v in disp[c])) for c in cols}
+
+    def cell(c: str, v: str) -> str:
+        return v.ljust(widths[c]) if c in text_cols else v.rjust(widths[c])
+
+    lines = ["| " + " | ".join(cell(c, c) for c in cols) + " |"]
+    lines.append("| " + " | ".join(
+        (":" + "-" * (widths[c] - 1)) if c in text_cols else ("-" * (widths[c] - 1) + ":")
+        for c in cols) + " |")
+    for _, r in disp.iterrows():
+        lines.append("| " + " | ".join(cell(c, r[c]) for c in cols) + " |")
+    out = "\n".join(lines) + "\n"
+    if notes:
+        out += "\n" + _notes(summary) + "\n"
+    return out
+
+
+def format_summary(summary: pd.DataFrame) -> str:
+    """The table as printed on the terminal (the Markdown table and its notes)."""
+    return to_markdown(summary)
+
+
+_LATEX_SPECIALS = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIALS.get(ch, ch) for ch in str(text))
+
+
+def to_latex(summary: pd.DataFrame, *, experiment: str | None = None,
+             label: str | None = None) -> str:
+    """A complete ``table`` environment using booktabs rules (``\\usepackage{booktabs}``).
+
+    Two header rows (grouped with ``\\cmidrule``); repeated context/target values are left blank.
+    """
+    disp = display_frame(summary)
+    name = experiment or "experiment"
+    label = label or "tab:" + re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-") + "-summary"
+    baseline = summary.attrs.get("baseline_arm") or "baseline"
+    cols = list(disp.columns)
+    align = "".join("l" if c in ("Arm", "Mode") else "r" for c in cols)
+
+    def tex(v: str) -> str:
+        return latex_escape(v).replace("\u00b1", r"$\pm$")
+
+    groups = [("Final loss", "Best loss", "Validation loss"),
+              ("Tokens to target", "Time to target (s)", "To target"),
+              ("Speedup (tokens)", "Speedup (time)",
+               f"Speedup vs \\texttt{{{latex_escape(baseline)}}}")]
+    sub_names = {"Final loss": "final", "Best loss": "best", "Tokens to target": "tokens",
+                 "Time to target (s)": "time (s)", "Speedup (tokens)": "tokens",
+                 "Speedup (time)": "time"}
+    top: list[str] = []
+    rules: list[str] = []
+    i = 0
+    while i < len(cols):
+        grp = next((g for g in groups if cols[i] == g[0] and i + 1 < len(cols)
+                    and cols[i + 1] == g[1]), None)
+        if grp:
+            top.append(f"\\multicolumn{{2}}{{c}}{{{grp[2]}}}")
+            rules.append(f"\\cmidrule(lr){{{i + 1}-{i + 2}}}")
+            i += 2
+        else:
+            top.append("")
+            i += 1
+    second = [tex(sub_names.get(c, c)) for c in cols]
+
+    caption = (f"Tokens and training time to reach each target validation loss, experiment "
+               f"\\texttt{{{latex_escape(name)}}}. "
+               + latex_escape(_notes(summary)).replace("\u00b1", r"$\pm$"))
+    lines = [
+        f"% Generated by `python -m analysis figures` from MLflow experiment {name}.",
+        "% Requires \\usepackage{booktabs}.",
+        "\\begin{table}[tbp]",
+        "  \\centering",
+        "  \\small",
+        f"  \\caption{{{caption}}}",
+        f"  \\label{{{label}}}",
+        f"  \\begin{{tabular}}{{{align}}}",
+        "    \\toprule",
+        "    " + " & ".join(top) + " \\\\",
+        "    " + "".join(rules),
+        "    " + " & ".join(second) + " \\\\",
+        "    \\midrule",
+    ]
+    prev: dict[str, str] = {}
+    for _, r in disp.iterrows():
+        group = (r.get("Context"), r["Target"])
+        if prev and group != (prev.get("Context"), prev.get("Target")):
+            lines.append("    \\addlinespace")
+        same_ctx = bool(prev) and prev.get("Context") == r.get("Context")
+        blank = {"Context"} if same_ctx else set()
+        if same_ctx and prev.get("Target") == r["Target"]:
+            blank.add("Target")
+        cells = ["" if c in blank else tex(r[c]) for c in cols]
+        prev = {c: r[c] for c in cols}
+        lines.append("    " + " & ".join(cells) + " \\\\")
+    lines += ["    \\bottomrule", "  \\end{tabular}", "\\end{table}", ""]
+    return "\n".join(lines)
+
+
+def write_tables(summary: pd.DataFrame, out_dir: Path, *, experiment: str | None = None,
+                 stem: str = "summary") -> list[Path]:
+    """Write ``<stem>.csv`` (every column, full precision), ``<stem>.md`` and ``<stem>.tex``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv, md, tex = (out_dir / f"{stem}.{ext}" for ext in ("csv", "md", "tex"))
+    summary.to_csv(csv, index=False)
+    md.write_text(to_markdown(summary), encoding="utf-8")
+    tex.write_text(to_latex(summary, experiment=experiment), encoding="utf-8")
+    return [csv, md, tex]

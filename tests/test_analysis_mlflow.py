@@ -1,0 +1,414 @@
+"""analysis against a real (temporary) MLflow store laid out the way the runner writes it.
+
+One sqlite store per module (MLflow's sqlite initialisation costs a few seconds); synthetic runs
+with known curves are logged with ``MlflowClient.log_batch``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("mlflow")
+
+from analysis.errors import (  # noqa: E402
+    AnalysisWarning,
+    NoRunsError,
+    TrackingStoreError,
+    UnknownExperimentError,
+    UnknownParentRunError,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+# curve experiment: val loss linear in tokens, L(t) = max(10 - k t, 3.5)
+K_GPT = {0: 4e-6, 1: 4.4e-6, 2: 3.6e-6}
+NOISE = {0: 1.0, 1: 1.04, 2: 0.97}  # ngpt's per-seed deviation from an exact 2x speedup
+K_NGPT = {s: 2 * K_GPT[s] * NOISE[s] for s in K_GPT}
+TPS = {"gpt": 1.0e5, "ngpt": 0.8e5}  # tokens per second of training
+FLOOR = 3.5
+CURVE_TARGETS = [6.0, 5.0, 3.0]  # 3.0 is below the floor: never reached
+TOKENS_PER_STEP = 25_000  # "curves" experiment; the budget sweep uses 100_000
+
+
+def _log_child(client, exp_id, parent_id, *, arm, seed, budget, ctx, val_every, loss_fn, tps,
+               status="FINISHED", with_val=True, start_time=None, tokens_per_step=TOKENS_PER_STEP):
+    from mlflow.entities import Metric, Param
+
+    tags = {"mlflow.parentRunId": parent_id, "datgpt.role": "child", "datgpt.arm": arm,
+            "datgpt.seed": str(seed), "datgpt.model_kind": "ngpt" if arm == "ngpt" else "gpt"}
+    run = client.create_run(exp_id, tags=tags, start_time=start_time)
+    rid = run.info.run_id
+    client.log_batch(rid, params=[Param("train.tokens", str(budget)),
+                                  Param("model.context_length", str(ctx)),
+                                  Param("optim.lr", "0.001"), Param("model.n_layers", "2")])
+    ts = int(time.time() * 1000)
+    metrics = []
+    n_steps = budget // tokens_per_step
+    for step in range(n_steps + 1):
+        tok = step * tokens_per_step
+        loss = loss_fn(tok)
+        metrics += [Metric("tokens", tok, ts, step), Metric("time/elapsed_s", tok / tps, ts, step)]
+        if step > 0:
+            metrics += [Metric("train/loss", loss + 0.05, ts, step),
+                        Metric("lr", 1e-3 * min(1.0, step / 10), ts, step),
+                        Metric("throughput/tokens_per_s", tps, ts, step),
+                        Metric("time/step_ms", 1000 * tokens_per_step / tps, ts, step)]
+        if with_val and (tok % val_every == 0 or step == n_steps):
+            metrics.append(Metric("val/loss", loss, ts, step))
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(rid, metrics=metrics[i:i + 1000])
+    client.set_terminated(rid, status)
+    return rid
+
+
+def _log_parent(client, exp_id, *, targets, baseline="gpt", start_time=None):
+    from mlflow.entities import Param
+
+    run = client.create_run(exp_id, tags={
+        "datgpt.role": "parent", "datgpt.targets": json.dumps(targets),
+        "datgpt.baseline_arm": baseline, "datgpt.config_hash": "cafe",
+        "datgpt.git_commit": "0123456789abcdef"}, start_time=start_time)
+    client.log_batch(run.info.run_id, params=[Param("name", "synthetic")])
+    return run.info.run_id
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    from mlflow.tracking import MlflowClient
+
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    ids = {}
+    t0 = int(time.time() * 1000) - 3_600_000
+
+    # --- "curves": curve mode, 3 seeds, uneven evaluation grids, a failed run, a run without val
+    exp = client.create_experiment("curves")
+    old_parent = _log_parent(client, exp, targets=CURVE_TARGETS, start_time=t0)
+    # an older invocation's gpt seed 0 with a different (wrong) curve: superseded by the newer one
+    ids["old_gpt0"] = _log_child(client, exp, old_parent, arm="gpt", seed=0, budget=1_500_000,
+                                 ctx=64, val_every=100_000, tps=TPS["gpt"], start_time=t0 + 1,
+                                 loss_fn=lambda t: max(10 - 1e-6 * t, FLOOR))
+    parent = _log_parent(client, exp, targets=CURVE_TARGETS, start_time=t0 + 60_000)
+    ids["curves_parent"], ids["curves_old_parent"] = parent, old_parent
+    for seed in K_GPT:
+        _log_child(client, exp, parent, arm="gpt", seed=seed, budget=1_500_000, ctx=64,
+                   val_every=100_000, tps=TPS["gpt"], start_time=t0 + 61_000 + seed,
+                   loss_fn=lambda t, k=K_GPT[seed]: max(10 - k * t, FLOOR))
+        _log_child(client, exp, parent, arm="ngpt", seed=seed, budget=1_500_000, ctx=64,
+                   val_every=75_000, tps=TPS["ngpt"], start_time=t0 + 62_000 + seed,
+                   loss_fn=lambda t, k=K_NGPT[seed]: max(10 - k * t, FLOOR))
+    ids["failed"] = _log_child(client, exp, parent, arm="gpt_qknorm", seed=0, budget=1_500_000,
+                               ctx=64, val_every=100_000, tps=1e5, status="FAILED",
+                               loss_fn=lambda t: 10 - 5e-6 * t)
+    ids["no_val"] = _log_child(client, exp, parent, arm="gpt_qknorm", seed=1, budget=1_500_000,
+                               ctx=64, val_every=100_000, tps=1e5, with_val=False,
+                               loss_fn=lambda t: 10 - 5e-6 * t)
+    client.set_terminated(parent)
+
+    # --- "sweep": budget mode at 3 budgets x 2 context lengths, final loss c - 0.5 ln B
+    exp = client.create_experiment("sweep")
+    parent = _log_parent(client, exp, targets=[2.9, 2.0])
+    ids["sweep_parent"] = parent
+    for ctx, c_ngpt in ((128, 9.95), (256, 9.9)):
+        for arm, c in (("gpt", 10.0), ("ngpt", c_ngpt)):
+            for budget in (1_000_000, 2_000_000, 4_000_000):
+                final = c - 0.5 * math.log(budget)
+                _log_child(client, exp, parent, arm=arm, seed=0, budget=budget, ctx=ctx,
+                           val_every=500_000, tps=TPS[arm], tokens_per_step=100_000,
+                           loss_fn=lambda t, b=budget, f=final: 11.0 + (f - 11.0) * t / b)
+    client.set_terminated(parent)
+
+    client.create_experiment("empty")
+    return dict(uri=uri, root=root, **ids)
+
+
+@pytest.fixture()
+def env(store, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store["uri"])
+    return store
+
+
+def _t_star(k, target):
+    return (10 - target) / k
+
+
+def _load(store, name="curves", **kw):
+    from analysis.load import load_experiment
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AnalysisWarning)
+        return load_experiment(name, tracking_uri=store["uri"], **kw)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def test_tidy_frame_columns_types_and_joins(store):
+    data = _load(store)
+    f = data.frame
+    assert list(f.columns) == ["experiment", "parent_run_id", "run_id", "arm", "seed", "budget",
+                               "context_length", "step", "tokens", "elapsed_s", "metric", "value"]
+    assert str(f["seed"].dtype) == "Int64" and str(f["budget"].dtype) == "Int64"
+    assert set(f["arm"]) == {"gpt", "ngpt"}
+    assert set(f["seed"]) == {0, 1, 2}
+    assert set(f["budget"]) == {1_500_000}
+    assert set(f["context_length"]) == {64}
+    assert set(f["metric"]) == {"val/loss", "train/loss", "lr", "throughput/tokens_per_s",
+                                "time/step_ms"}
+    # tokens / elapsed joined by step
+    assert np.allclose(f["tokens"], f["step"] * TOKENS_PER_STEP)
+    ngpt = f[f["arm"] == "ngpt"]
+    assert np.allclose(ngpt["elapsed_s"], ngpt["tokens"] / TPS["ngpt"])
+    # full history: every step of train/loss, val/loss at step 0 and on the arm's grid
+    one = f[(f["arm"] == "gpt") & (f["seed"] == 1)]
+    assert len(one[one["metric"] == "train/loss"]) == 1_500_000 // TOKENS_PER_STEP
+    assert list(one[one["metric"] == "val/loss"]["tokens"]) == [float(t) for t in
+                                                                range(0, 1_500_001, 100_000)]
+    assert data.targets == CURVE_TARGETS and data.baseline_arm == "gpt"
+    assert data.arms == ["gpt", "ngpt"]
+    assert len(data.runs) == 6
+
+
+def test_skipped_runs_are_warned_by_name(store):
+    from analysis.load import load_experiment
+
+    with pytest.warns(AnalysisWarning) as rec:
+        data = load_experiment("curves", tracking_uri=store["uri"])
+    text = "\n".join(str(w.message) for w in rec)
+    assert store["no_val"] in text and "val/loss" in text
+    assert store["failed"] in text and "FAILED" in text
+    assert store["old_gpt0"] in text and "superseded" in text
+    skipped = dict(data.skipped)
+    assert {store["no_val"], store["failed"], store["old_gpt0"]} <= set(skipped)
+    assert store["old_gpt0"] not in set(data.frame["run_id"])
+
+
+def test_include_unfinished_keeps_failed_run(store):
+    data = _load(store, include_unfinished=True)
+    assert "gpt_qknorm" in set(data.frame["arm"])
+    assert store["no_val"] not in set(data.frame["run_id"])  # still no val/loss
+
+
+def test_parent_selection(store):
+    old = _load(store, parent_run_id=store["curves_old_parent"])
+    assert set(old.frame["run_id"]) == {store["old_gpt0"]}
+    latest = _load(store, parent_run_id="latest")
+    assert set(latest.runs["parent_run_id"]) == {store["curves_parent"]}
+    prefix = _load(store, parent_run_id=store["curves_parent"][:12])
+    assert len(prefix.runs) == 6
+    with pytest.raises(UnknownParentRunError, match="parent runs"):
+        _load(store, parent_run_id="f" * 32)
+
+
+def test_unknown_experiment_lists_existing(store):
+    with pytest.raises(UnknownExperimentError) as err:
+        _load(store, name="nope")
+    msg = str(err.value)
+    assert "'nope'" in msg and "'curves'" in msg and "'sweep'" in msg
+    assert {"curves", "sweep", "empty"} <= set(err.value.available)
+    assert isinstance(err.value, LookupError)
+
+
+def test_no_runs_and_missing_store(store, tmp_path):
+    with pytest.raises(NoRunsError):
+        _load(store, name="empty")
+    from analysis.load import load_experiment
+
+    with pytest.raises(TrackingStoreError, match="no MLflow database"):
+        load_experiment("curves", tracking_uri=f"sqlite:///{tmp_path}/missing.db")
+    assert not (tmp_path / "missing.db").exists()
+
+
+# ---------------------------------------------------------------- summary from MLflow
+
+
+def test_curve_mode_summary_matches_analytic(store):
+    from analysis.targets import summarize
+
+    data = _load(store)
+    s = summarize(data.frame, data.targets, data.baseline_arm, n_resamples=2000)
+    s = s.set_index(["target", "arm"])
+    for target in (6.0, 5.0):
+        g = [_t_star(K_GPT[k], target) for k in K_GPT]
+        n = [_t_star(K_NGPT[k], target) for k in K_GPT]
+        assert s.loc[(target, "gpt"), "tokens_to_target"] == pytest.approx(np.mean(g))
+        assert s.loc[(target, "ngpt"), "tokens_to_target"] == pytest.approx(np.mean(n))
+        assert s.loc[(target, "ngpt"), "seconds_to_target"] == pytest.approx(
+            np.mean(n) / TPS["ngpt"])
+        true_speedup = np.mean(g) / np.mean(n)
+        row = s.loc[(target, "ngpt")]
+        assert row["speedup"] == pytest.approx(true_speedup)
+        assert row["speedup_ci_low"] <= true_speedup <= row["speedup_ci_high"]
+        assert row["speedup_ci_low"] <= 2.0 <= row["speedup_ci_high"]
+        assert row["speedup_ci_high"] - row["speedup_ci_low"] < 0.15
+        assert row["time_speedup"] == pytest.approx(
+            (np.mean(g) / TPS["gpt"]) / (np.mean(n) / TPS["ngpt"]))
+        assert row["n_seeds"] == 3 and row["n_reached"] == 3 and row["reached"]
+    # 3.0 is below the loss floor: reported as not reached
+    for arm in ("gpt", "ngpt"):
+        row = s.loc[(3.0, arm)]
+        assert not row["reached"] and row["n_reached"] == 0
+        assert math.isnan(row["tokens_to_target"])
+    finals = [max(10 - K_GPT[k] * 1_500_000, FLOOR) for k in K_GPT]
+    assert s.loc[(6.0, "gpt"), "final_val_loss"] == pytest.approx(np.mean(finals))
+    assert s.loc[(6.0, "gpt"), "best_val_loss"] == pytest.approx(np.mean(finals))
+
+
+def test_budget_mode_summary_from_mlflow(store):
+    from analysis.targets import summarize
+
+    data = _load(store, name="sweep")
+    s = summarize(data.frame, data.targets, data.baseline_arm).set_index(
+        ["context_length", "target", "arm"])
+    assert set(s["mode"]) == {"budget"}
+    assert s.loc[(128, 2.9, "gpt"), "tokens_to_target"] == pytest.approx(math.exp(14.2))
+    assert s.loc[(128, 2.9, "ngpt"), "tokens_to_target"] == pytest.approx(math.exp(14.1))
+    assert s.loc[(256, 2.9, "ngpt"), "tokens_to_target"] == pytest.approx(math.exp(14.0))
+    assert s.loc[(128, 2.9, "ngpt"), "speedup"] == pytest.approx(math.exp(0.1))
+    assert s.loc[(256, 2.9, "ngpt"), "speedup"] == pytest.approx(math.exp(0.2))
+    # budget mode on wall-clock: final elapsed = budget / tps, also log-interpolated
+    assert s.loc[(128, 2.9, "gpt"), "seconds_to_target"] == pytest.approx(
+        math.exp(14.2) / TPS["gpt"])
+    assert not s.loc[(128, 2.0, "gpt"), "reached"]
+
+
+# ---------------------------------------------------------------- report / CLI
+
+
+def test_cli_figures_writes_every_file(env, tmp_path, capsys):
+    from analysis.cli import main
+
+    out = tmp_path / "out"
+    rc = main(["figures", "--experiment", "curves", "--out", str(out), "--n-resamples", "500"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    for stem in ("val_loss_vs_tokens", "val_loss_vs_time", "tokens_to_target",
+                 "train_loss_lr_vs_tokens"):
+        png, pdf = out / f"{stem}.png", out / f"{stem}.pdf"
+        assert png.stat().st_size > 10_000, stem
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert pdf.read_bytes()[:5] == b"%PDF-"
+    assert not (out / "final_loss_vs_budget.png").exists()  # curve mode only
+    assert "skipped figure final_loss_vs_budget" in cap.out
+    assert "skipped figure speedup_vs_context_length" in cap.out
+    for ext in ("csv", "md", "tex"):
+        text = (out / f"summary.{ext}").read_text()
+        assert "gpt" in text and "ngpt" in text, ext
+    md = (out / "summary.md").read_text()
+    assert " 6.0 |" in md and " 5.0 |" in md and " 3.0 |" in md and "n.r." in md
+    csv = (out / "summary.csv").read_text().splitlines()
+    assert csv[0].startswith("context_length,target,arm") and len(csv) == 1 + 6
+    assert "6.0" in (out / "summary.csv").read_text()
+    report = json.loads((out / "report.json").read_text())
+    assert report["targets"] == CURVE_TARGETS and report["baseline_arm"] == "gpt"
+    # the summary table is printed, paths are listed, skipped runs are warned on stderr
+    assert "| ngpt" in cap.out and str(out / "summary.tex") in cap.out
+    assert f"warning: skipping run {env['no_val']}" in cap.err
+    assert not list(tmp_path.glob(".out.tmp-*"))  # temporary folder cleaned up
+
+
+def test_build_report_budget_sweep_all_figures(env, tmp_path):
+    from analysis import build_report
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AnalysisWarning)
+        report = build_report("sweep", tmp_path / "rep", parent_run_id=env["sweep_parent"],
+                              n_resamples=200)
+    names = {p.name for p in report.files}
+    for stem in ("val_loss_vs_tokens_ctx128", "val_loss_vs_tokens_ctx256",
+                 "tokens_to_target_ctx128", "final_loss_vs_budget_ctx128",
+                 "final_loss_vs_budget_ctx256", "speedup_vs_context_length",
+                 "train_loss_lr_vs_tokens_ctx256"):
+        assert f"{stem}.png" in names and f"{stem}.pdf" in names, stem
+    assert {"summary.csv", "summary.md", "summary.tex", "report.json"} <= names
+    assert all(p.exists() and p.parent == tmp_path / "rep" for p in report.files)
+    assert report.skipped_figures == []
+    assert list(report.summary["context_length"].unique()) == [128, 256]
+    assert "Context" in (tmp_path / "rep" / "summary.md").read_text()
+
+
+def test_cli_summary_formats(env, capsys):
+    from analysis.cli import main
+
+    assert main(["summary", "-e", "sweep", "--format", "csv", "--n-resamples", "100"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("context_length,target,arm")
+    assert main(["summary", "-e", "sweep", "--format", "latex", "--targets", "2.9"]) == 0
+    out = capsys.readouterr().out
+    assert r"\toprule" in out and "2.9" in out and "2.0 " not in out
+    assert main(["summary", "-e", "sweep", "--mode", "curve", "--baseline", "ngpt"]) == 0
+    out = capsys.readouterr().out
+    assert "baseline" in out and "curve mode" in out
+
+
+def test_cli_errors_are_one_line_exit_2(env, tmp_path, capsys):
+    from analysis.cli import main
+
+    out = tmp_path / "never"
+    assert main(["figures", "-e", "nope", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown experiment 'nope'" in err and "'curves'" in err
+    assert not out.exists()
+    assert main(["figures", "-e", "curves", "--baseline", "bert", "--out", str(out)]) == 2
+    assert "unknown baseline arm 'bert'" in capsys.readouterr().err
+    assert main(["summary", "-e", "curves", "--parent", "0" * 32]) == 2
+    assert "parent run" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["figures", "-e", "curves", "--ci-level", "abc"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--ci-level" in err
+    assert not out.exists()
+
+
+def test_cli_subprocess_unknown_experiment(store, tmp_path):
+    env = dict(os.environ, MLFLOW_TRACKING_URI=store["uri"], PYTHONPATH=str(REPO))
+    res = subprocess.run([sys.executable, "-m", "analysis", "figures", "--experiment", "nope"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert "unknown experiment 'nope'" in lines[0] and "curves" in lines[0]
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "figures").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_cli_missing_default_store_is_an_error_not_a_new_db(tmp_path, monkeypatch, capsys):
+    from analysis.cli import main
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert main(["summary", "-e", "x"]) == 2
+    assert "no MLflow database" in capsys.readouterr().err
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_cli_list(env, capsys):
+    from analysis.cli import main
+
+    assert main(["list"]) == 0
+    assert {"curves", "sweep", "empty"} <= set(capsys.readouterr().out.split())
+    assert main(["list", "-e", "curves"]) == 0
+    out = capsys.readouterr().out
+    assert env["curves_parent"] in out and env["curves_old_parent"] in out
+
+
+def test_custom_figure_example(env, tmp_path, capsys):
+    from analysis.custom_figure import main
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AnalysisWarning)
+        assert main(["--experiment", "curves", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "custom_val_loss_per_seed_vs_time.png").stat().st_size > 10_000
+    assert (tmp_path / "custom_val_loss_per_seed_vs_time.pdf").exists()
