@@ -1,0 +1,109 @@
+"""Tokenizer and data: offline GPT-2 ranks, corpus lookup, the fixed split, deterministic batches."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+
+from training import data as data_mod
+from training.config import DataConfig
+from training.data import DataError, TrainBatches, load_splits, resolve_corpus, val_windows
+from training.tokenizer import encode, get_encoding
+
+
+def test_gpt2_tokenizer_offline(data_dir):
+    assert encode("Hello world") == [15496, 995]
+    assert get_encoding().n_vocab == 50257
+    assert get_encoding().eot_token == 50256
+    text = (data_dir / "the-verdict.txt").read_text(encoding="utf-8")
+    assert len(encode(text)) == 5145
+
+
+def test_corpus_lookup_order(data_dir, tmp_path, monkeypatch):
+    assert resolve_corpus(DataConfig(dataset="verdict")) == data_dir / "the-verdict.txt"
+    assert resolve_corpus(DataConfig(dataset="tinyshakespeare")) == data_dir / "tinyshakespeare" / "input.txt"
+    own = tmp_path / "own.txt"
+    own.write_text("a local corpus")
+    assert resolve_corpus(DataConfig(path=str(own))) == own  # data.path wins
+    with pytest.raises(DataError, match="data.path: no such file"):
+        resolve_corpus(DataConfig(path=str(tmp_path / "missing.txt")))
+
+
+def test_missing_corpus_download_failure_is_clear(tmp_path, monkeypatch):
+    monkeypatch.setenv("DATGPT_DATA_DIR", str(tmp_path))
+
+    def no_network(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(data_mod.urllib.request, "urlopen", no_network)
+    with pytest.raises(DataError) as err:
+        resolve_corpus(DataConfig(dataset="verdict"))
+    message = str(err.value)
+    assert message.startswith("data.dataset: 'verdict' is not in") and str(tmp_path / "the-verdict.txt") in message
+    assert list(tmp_path.rglob("*")) == []  # nothing half-written
+
+
+def test_download_checks_the_checksum(tmp_path, monkeypatch, data_dir):
+    payload = (data_dir / "the-verdict.txt").read_bytes()
+
+    class Response:
+        def __init__(self, body):
+            self.body = body
+
+        def read(self, n=-1):
+            chunk, self.body = self.body[:n], self.body[n:]
+            return chunk
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setenv("DATGPT_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr(data_mod.urllib.request, "urlopen", lambda url, timeout: Response(b"tampered"))
+    with pytest.raises(DataError, match="checksum mismatch"):
+        resolve_corpus(DataConfig(dataset="verdict"))
+    assert list(tmp_path.rglob("*")) == []
+    monkeypatch.setattr(data_mod.urllib.request, "urlopen", lambda url, timeout: Response(payload))
+    path = resolve_corpus(DataConfig(dataset="verdict"))  # downloaded, verified and cached
+    assert path == tmp_path / "the-verdict.txt"
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == data_mod.BUILTIN_CORPORA["verdict"].sha256
+
+
+def test_fixed_split_and_validation_windows(data_dir):
+    splits = load_splits(DataConfig(dataset="verdict", val_fraction=0.1), "gpt2", 64)
+    assert splits.n_tokens == 5145 and splits.val.numel() == 514
+    full = torch.cat([splits.train, splits.val])
+    assert torch.equal(full[:5], torch.tensor(encode("I HAD always thought Jack")[:5]))
+    x, y = val_windows(splits.val, 64, eval_tokens=10_000)
+    assert x.shape == (8, 64) and torch.equal(x[:, 1:], y[:, :-1]) and torch.equal(x[1, 0], y[0, -1])
+    x2, _ = val_windows(splits.val, 64, eval_tokens=100)
+    assert x2.shape == (2, 64)
+
+
+def test_context_longer_than_data_is_rejected(data_dir, tmp_path):
+    with pytest.raises(DataError, match="data.val_fraction: .* fewer than one window"):
+        load_splits(DataConfig(dataset="verdict", val_fraction=0.1), "gpt2", 1024)
+    small = tmp_path / "small.txt"
+    small.write_text("a few words only " * 20)
+    with pytest.raises(DataError, match="model.context_length: 64 is longer than"):
+        load_splits(DataConfig(path=str(small), val_fraction=0.9), "gpt2", 64)
+
+
+def test_batches_are_a_function_of_seed_and_step():
+    tokens = torch.arange(1000)
+    a = TrainBatches(tokens, 16, micro_batch_size=4, grad_accum_steps=2, seed=0)
+    b = TrainBatches(tokens, 16, micro_batch_size=4, grad_accum_steps=2, seed=0)
+    x, y = a.get(3, 1)
+    assert x.shape == (4, 16) and torch.equal(y, x + 1)  # targets are the next tokens
+    assert torch.equal(a.get(5, 0)[0], b.get(5, 0)[0]) and torch.equal(a.get(3, 1)[0], b.get(3, 1)[0])
+    assert not torch.equal(a.get(5, 0)[0], a.get(6, 0)[0])
+    assert not torch.equal(a.get(5, 0)[0], TrainBatches(tokens, 16, 4, 2, seed=1).get(5, 0)[0])
+    # one global batch whatever the split into micro-batches: 2 x 4 rows == 1 x 8 rows
+    whole = TrainBatches(tokens, 16, micro_batch_size=8, grad_accum_steps=1, seed=0).get(2, 0)[0]
+    halves = torch.cat([a.get(2, 0)[0], a.get(2, 1)[0]])
+    assert torch.equal(whole, halves)
+    assert int(x.max()) < 1000

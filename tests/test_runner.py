@@ -1,0 +1,239 @@
+"""runner.py end to end: MLflow layout (sqlite and a real server), determinism, torchrun, bad input."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import runner
+from training.config import load_experiment
+from training.data import load_splits
+from training.distributed import DistInfo
+from training.trainer import train_arm
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "name": "tiny_e2e",
+    "seeds": [0],
+    "data": {"dataset": "verdict", "val_fraction": 0.1},
+    "model": {"n_layers": 2, "n_heads": 2, "n_embd": 32, "context_length": 32},
+    "train": {"tokens": 4096, "micro_batch_size": 4, "grad_accum_steps": 2, "eval_every_tokens": 1024,
+              "eval_tokens": 256},
+    "optim": {"lr": 3e-3, "weight_decay": 0.1, "warmup_tokens": 256},
+    "arms": {"gpt": {"model": {"kind": "gpt"}},
+             "ngpt": {"model": {"kind": "ngpt"}, "optim": {"lr": 1e-2, "weight_decay": 0.0, "warmup_tokens": 0}}},
+    "targets": [10.0, 9.0],
+}
+CHILD_METRICS = {"train/loss", "val/loss", "lr", "tokens", "throughput/tokens_per_s", "time/elapsed_s",
+                 "time/step_ms", "train/grad_norm"}
+
+
+def write_yaml(folder: Path, **changes) -> Path:
+    raw = yaml.safe_load(yaml.safe_dump(TINY))
+    raw.update(changes)
+    path = folder / f"{raw['name']}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def check_mlflow_layout(uri: str, experiment: str, arms=("gpt", "ngpt")) -> dict:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("datgpt.role") == "parent"]
+    children = [r for r in runs if r.data.tags.get("datgpt.role") == "child"]
+    assert len(parents) == 1 and len(children) == len(arms)
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and parent.data.tags["datgpt.baseline_arm"] == "gpt"
+    assert parent.data.tags["datgpt.targets"] == "[10.0, 9.0]"
+    assert len(parent.data.tags["datgpt.config_hash"]) == 16
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"config", "summary", "report"} <= artifacts
+    report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert "report/val_loss_vs_tokens.png" in report, report
+    by_arm = {}
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.info.status == "FINISHED"
+        arm = child.data.tags["datgpt.arm"]
+        assert child.data.tags["datgpt.seed"] == "0" and child.data.tags["datgpt.model_kind"] == arm
+        assert child.data.params["train.tokens"] == "4096" and child.data.params["derived.steps"] == "16"
+        assert child.data.params["derived.precision"] == "fp32"
+        assert CHILD_METRICS <= set(child.data.metrics), set(child.data.metrics)
+        val = [m.value for m in sorted(client.get_metric_history(child.info.run_id, "val/loss"),
+                                       key=lambda m: m.step)]
+        train = client.get_metric_history(child.info.run_id, "train/loss")
+        tokens = client.get_metric_history(child.info.run_id, "tokens")
+        assert len(val) == 5 and len(train) == 16  # evals at 0, 1k, 2k, 3k, 4k tokens; a loss per step
+        assert val[-1] < val[0] - 0.05 and val == sorted(val, reverse=True), val  # validation loss falls
+        assert max(m.value for m in tokens) == 4096
+        by_arm[arm] = val
+    assert set(by_arm) == set(arms)
+    return by_arm
+
+
+def test_end_to_end_sqlite(tmp_path, monkeypatch, capsys, data_dir):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    assert runner.main([str(write_yaml(tmp_path)), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "speedup" in out and "gpt" in out and "ngpt" in out
+    check_mlflow_layout(uri, "tiny_e2e")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = _free_port()
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+         "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    import requests
+
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if requests.get(uri + "/health", timeout=2).ok:
+                break
+        except requests.RequestException:
+            pass
+        if proc.poll() is not None:
+            pytest.fail(f"mlflow server exited: {(tmp_path / 'server.log').read_text()[-2000:]}")
+        time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("mlflow server did not start within 120 s")
+    yield uri
+    os.killpg(proc.pid, 15)
+    proc.wait(timeout=30)
+    log.close()
+
+
+def test_end_to_end_over_http_server(tmp_path, monkeypatch, mlflow_server, data_dir):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    monkeypatch.chdir(tmp_path)
+    assert runner.main([str(write_yaml(tmp_path)), "--no-progress"]) == 0
+    check_mlflow_layout(mlflow_server, "tiny_e2e")
+    assert not (tmp_path / "mlflow.db").exists()  # everything went to the server
+
+
+class Recorder:
+    def __init__(self):
+        self.rows = []
+
+    def log(self, step, metrics):
+        self.rows.append((step, dict(metrics)))
+
+    def series(self, key):
+        return [(s, m[key]) for s, m in self.rows if key in m]
+
+
+def _train(path: Path, arm_name: str, dist=DistInfo()):
+    cfg = load_experiment(path)
+    arm = next(a for a in cfg.arms if a.name == arm_name)
+    splits = load_splits(cfg.data, cfg.tokenizer, arm.model.context_length)
+    rec = Recorder()
+    result = train_arm(arm, 0, splits, dist, rec, progress=False)
+    return result, rec
+
+
+@pytest.mark.parametrize("arm", ["gpt", "ngpt"])
+def test_same_seed_same_curves(tmp_path, arm, data_dir):
+    path = write_yaml(tmp_path)
+    first, rec1 = _train(path, arm)
+    second, rec2 = _train(path, arm)
+    assert rec1.series("train/loss") == rec2.series("train/loss")  # bitwise on CPU
+    assert [e.val_loss for e in first.evals] == [e.val_loss for e in second.evals]
+    assert first.tokens_seen == 4096 and [e.tokens for e in first.evals] == [0, 1024, 2048, 3072, 4096]
+
+
+def _histories(uri: str, experiment: str) -> dict:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    out = {}
+    for run in client.search_runs([exp.experiment_id], "tags.`datgpt.role` = 'child'"):
+        for key in ("train/loss", "val/loss"):
+            hist = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
+            out[(run.data.tags["datgpt.arm"], key)] = [m.value for m in hist]
+    return out
+
+
+def test_two_gloo_processes_match_one_process(tmp_path, data_dir):
+    """2 processes x 1 micro-batch each == 1 process x 2 accumulation steps (same global batch)."""
+    path = write_yaml(tmp_path, name="tiny_ddp")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/one.db", "OMP_NUM_THREADS": "1"}
+    common = [sys.executable, str(ROOT / "runner.py"), str(path), "--no-progress"]
+    one = subprocess.run(common, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path}/two.db"
+    two = subprocess.run(common + ["--nproc-per-node", "2"], env=env, cwd=tmp_path, capture_output=True,
+                         text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("MLflow: experiment") == 1  # only rank 0 prints and logs
+    a, b = _histories(f"sqlite:///{tmp_path}/one.db", "tiny_ddp"), _histories(f"sqlite:///{tmp_path}/two.db", "tiny_ddp")
+    assert a.keys() == b.keys() and len(a) == 4
+    for key in a:
+        assert len(a[key]) == len(b[key]) > 4
+        assert max(abs(x - y) for x, y in zip(a[key], b[key])) < 1e-5, key
+
+
+def run_cli(args, cwd, **env):
+    return subprocess.run([sys.executable, str(ROOT / "runner.py"), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, **env})
+
+
+def test_dry_run_trains_nothing(tmp_path, data_dir):
+    result = run_cli([str(write_yaml(tmp_path)), "--dry-run"], tmp_path,
+                     MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db")
+    assert result.returncode == 0, result.stderr
+    assert "== arm gpt ==" in result.stdout and "== arm ngpt ==" in result.stdout
+    assert "tokens per step: 256; steps: 16" in result.stdout and "parameters:" in result.stdout
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--set", "model.n_heads=3"], "error: model.n_heads: 3 does not divide n_embd=32"),
+    (["--set", "train.tokenz=5"], "error: train.tokenz: unknown key (did you mean tokens?)"),
+    (["--arms", "gpt,bert"], "error: --arms: unknown arm 'bert'"),
+    (["--set", "data.path=/nonexistent/corpus.txt"], "error: data.path: no such file"),
+    (["--set", "model.context_length=1024", "--set", "train.tokens=1e5"], "error: data.val_fraction: 0.1 of the-verdict.txt"),
+    (["--nproc-per-node", "3"], "error: train.grad_accum_steps: 2 (arm gpt) is not divisible by --nproc-per-node 3"),
+])
+def test_bad_input_exits_2_with_one_line(tmp_path, args, message, data_dir):
+    result = run_cli([str(write_yaml(tmp_path)), *args], tmp_path,
+                     MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "mlflow.db").exists()  # nothing logged
+
+
+def test_unreachable_server_is_reported_before_training(tmp_path, data_dir):
+    result = run_cli([str(write_yaml(tmp_path))], tmp_path, MLFLOW_TRACKING_URI=f"http://127.0.0.1:{_free_port()}")
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: MLflow tracking server http://127.0.0.1:")
+    assert "gpt seed 0" not in result.stderr

@@ -1,0 +1,1 @@
+"""Training side of datgpt: config schema, data, tokenizer, train loop, tracking, distributed helpers."""

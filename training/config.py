@@ -1,0 +1,433 @@
+"""Experiment configuration: typed dataclasses, loaded from YAML and validated before anything runs.
+
+One experiment YAML holds shared sections (`model`, `train`, `optim`) and a mapping of `arms`; each arm
+inherits the shared sections and overrides keys of them. Every error names the key path
+(`arms.ngpt.optim.lr: ...`) and is raised as `ConfigError`, which the runner turns into one line on
+stderr and exit code 2.
+
+The defaults live in the dataclasses below (and, for the model, in `models.config.ModelConfig`): they
+are the single source of truth, documented next to each field.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from models.config import ModelConfig
+
+
+class ConfigError(ValueError):
+    """A bad experiment configuration; the message starts with the offending key path."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "verdict"  # built-in corpus: "verdict" (The Verdict) or "tinyshakespeare"
+    path: str | None = None  # a local UTF-8 text file; when set it replaces `dataset`
+    val_fraction: float = 0.1  # last fraction of the token stream held out as fixed validation tokens
+
+
+@dataclass
+class TrainConfig:
+    tokens: int = 2_000_000  # training budget in tokens (rounded down to whole optimizer steps)
+    micro_batch_size: int = 8  # sequences per forward pass on each process
+    grad_accum_steps: int = 1  # micro-batches per optimizer step, summed over all processes
+    eval_every_tokens: int = 50_000  # evaluate validation loss every this many training tokens
+    eval_tokens: int = 20_000  # validation tokens per evaluation (the same fixed tokens every time)
+    log_every_steps: int = 1  # log training metrics every this many optimizer steps
+    grad_clip: float = 1.0  # clip the global gradient norm to this; 0 disables clipping
+    precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU), "bf16" or "fp32"
+    compile: str = "auto"  # torch.compile: "auto" (on for CUDA), "on" or "off"
+    device: str = "auto"  # "auto" (CUDA when available), "cuda" or "cpu"
+    peak_flops: float | None = None  # accelerator peak FLOP/s for MFU; None measures a bf16 matmul on CUDA
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 6.0e-4  # peak learning rate of AdamW
+    weight_decay: float = 0.1  # decoupled weight decay on the groups the model marks for decay
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1.0e-8
+    warmup_tokens: int = 0  # linear warmup from 0 to lr over this many tokens
+    schedule: str = "cosine"  # after warmup: "cosine", "linear", "wsd" (warmup-stable-decay) or "constant"
+    min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio (cosine, linear, wsd)
+    decay_fraction: float = 0.2  # wsd only: the last fraction of tokens over which lr decays
+
+
+@dataclass
+class TrackingConfig:
+    experiment: str | None = None  # MLflow experiment name; None uses the experiment's `name`
+    run_name: str | None = None  # name of the parent run; None gives "<name>-<timestamp>"
+
+
+@dataclass
+class ArmConfig:
+    """One fully resolved arm: the shared sections with the arm's overrides applied."""
+
+    name: str
+    model: ModelConfig
+    train: TrainConfig
+    optim: OptimConfig
+
+    def tokens_per_step(self) -> int:
+        return self.train.micro_batch_size * self.train.grad_accum_steps * self.model.context_length
+
+    def steps(self) -> int:
+        return self.train.tokens // self.tokens_per_step()
+
+
+@dataclass
+class ExperimentConfig:
+    name: str
+    arms: list[ArmConfig]
+    seeds: list[int] = field(default_factory=lambda: [0])
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: str = "gpt2"
+    targets: list[float] = field(default_factory=list)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    source: str = ""  # the YAML file it was loaded from
+
+    @property
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or self.name
+
+    @property
+    def baseline_arm(self) -> str:
+        """The arm speedups are measured against: the first arm whose model is a plain GPT."""
+        for arm in self.arms:
+            if arm.model.kind == "gpt":
+                return arm.name
+        return self.arms[0].name
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved configuration as plain data (what is logged and hashed)."""
+        return {
+            "name": self.name,
+            "seeds": list(self.seeds),
+            "data": dataclasses.asdict(self.data),
+            "tokenizer": self.tokenizer,
+            "targets": list(self.targets),
+            "tracking": dataclasses.asdict(self.tracking),
+            "arms": {a.name: arm_to_dict(a) for a in self.arms},
+        }
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def config_hash(self) -> str:
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def arm_to_dict(arm: ArmConfig) -> dict[str, Any]:
+    return {
+        "model": dataclasses.asdict(arm.model),
+        "train": dataclasses.asdict(arm.train),
+        "optim": dataclasses.asdict(arm.optim),
+    }
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}: the form MLflow params take."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+# ----------------------------------------------------------------------------- typed conversion
+
+SHARED_SECTIONS = {"model": ModelConfig, "train": TrainConfig, "optim": OptimConfig}
+TOP_LEVEL_KEYS = {"name", "seeds", "data", "tokenizer", "model", "train", "optim", "arms", "targets", "tracking"}
+CHOICES = {
+    "train.precision": ("auto", "bf16", "fp32"),
+    "train.compile": ("auto", "on", "off"),
+    "train.device": ("auto", "cuda", "cpu"),
+    "optim.schedule": ("cosine", "linear", "wsd", "constant"),
+}
+TOKENIZERS = ("gpt2",)
+TOKENIZER_VOCAB = {"gpt2": 50257}  # token ids the model must be able to embed
+BUILTIN_DATASETS = ("verdict", "tinyshakespeare")
+
+
+def _type_name(tp: Any) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _convert(value: Any, tp: Any, path: str) -> Any:
+    """Convert a YAML value to the annotated type, or raise ConfigError naming the key path."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(value, args[0], path)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        return [_convert(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: expected true or false, got {value!r}")
+    if tp in (int, float):
+        number = value
+        if isinstance(value, str):  # YAML reads 1e6 and 2_000_000 as strings in some spellings
+            try:
+                number = float(value.replace("_", ""))
+            except ValueError:
+                raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}") from None
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+        if not math.isfinite(number):
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
+        if tp is int:
+            if float(number) != int(number):
+                raise ConfigError(f"{path}: expected an integer, got {value!r}")
+            return int(number)
+        return float(number)
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, bool) and path.endswith(".compile"):  # `compile: true` reads naturally
+            return "on" if value else "off"
+        raise ConfigError(f"{path}: expected a string, got {value!r}")
+    raise ConfigError(f"{path}: unsupported type {tp}")  # pragma: no cover - schema bug
+
+
+def _build(cls: type, raw: Any, path: str) -> Any:
+    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else f" (known keys: {', '.join(names)})"
+            raise ConfigError(f"{path}.{key}: unknown key{hint}")
+        kwargs[key] = _convert(value, hints[key], f"{path}.{key}")
+    for key, value in kwargs.items():
+        choices = CHOICES.get(f"{path.split('.')[-1]}.{key}")
+        if choices and value not in choices:
+            raise ConfigError(f"{path}.{key}: must be one of {', '.join(choices)}; got {value!r}")
+    try:
+        return cls(**kwargs)
+    except ValueError as err:  # ModelConfig validates itself; its messages start with the field
+        field_name, sep, rest = str(err).partition(":")
+        if sep and field_name.strip() in names:
+            raise ConfigError(f"{path}.{field_name.strip()}:{rest}") from None
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def _positive(path: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{path}: must be {'non-negative' if allow_zero else 'positive'}, got {value!r}")
+
+
+def _validate_arm(arm: ArmConfig, prefix: str) -> None:
+    t, o = arm.train, arm.optim
+    for key in ("tokens", "micro_batch_size", "grad_accum_steps", "eval_every_tokens", "eval_tokens",
+                "log_every_steps"):
+        _positive(f"{prefix('train', key)}", getattr(t, key))
+    _positive(prefix("train", "grad_clip"), t.grad_clip, allow_zero=True)
+    if t.peak_flops is not None:
+        _positive(prefix("train", "peak_flops"), t.peak_flops)
+    _positive(prefix("optim", "lr"), o.lr)
+    for key in ("weight_decay", "warmup_tokens", "min_lr_ratio"):
+        _positive(prefix("optim", key), getattr(o, key), allow_zero=True)
+    _positive(prefix("optim", "eps"), o.eps)
+    for key in ("beta1", "beta2"):
+        if not 0 <= getattr(o, key) < 1:
+            raise ConfigError(f"{prefix('optim', key)}: must be in [0, 1), got {getattr(o, key)!r}")
+    if o.min_lr_ratio > 1:
+        raise ConfigError(f"{prefix('optim', 'min_lr_ratio')}: must be at most 1, got {o.min_lr_ratio!r}")
+    if not 0 < o.decay_fraction <= 1:
+        raise ConfigError(f"{prefix('optim', 'decay_fraction')}: must be in (0, 1], got {o.decay_fraction!r}")
+    if arm.steps() < 1:
+        raise ConfigError(
+            f"{prefix('train', 'tokens')}: {t.tokens} tokens is less than one optimizer step of "
+            f"{arm.tokens_per_step()} tokens (micro_batch_size x grad_accum_steps x context_length)")
+    if o.warmup_tokens >= t.tokens:
+        raise ConfigError(f"{prefix('optim', 'warmup_tokens')}: {o.warmup_tokens} must be less than "
+                          f"train.tokens={t.tokens}")
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.tokens=1e6` -> (["train", "tokens"], 1000000.0); the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text}: expected KEY.PATH=VALUE")
+    key, _, raw_value = text.partition("=")
+    parts = [p for p in key.strip().split(".")]
+    if not key.strip() or any(not p for p in parts):
+        raise ConfigError(f"--set {text}: expected KEY.PATH=VALUE")
+    try:
+        value = yaml.safe_load(raw_value) if raw_value.strip() else None
+    except yaml.YAMLError:
+        value = raw_value
+    return parts, value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    raw = copy.deepcopy(raw)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = raw
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text}: {'.'.join(parts[:i + 1])} is not a mapping")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such experiment file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the document must be a mapping of keys (name, arms, ...), "
+                          f"got {type(raw).__name__}")
+    return raw
+
+
+def build_experiment(raw: dict, source: str = "") -> ExperimentConfig:
+    """Validate a raw mapping (YAML with overrides applied) into an ExperimentConfig."""
+    for key in raw:
+        if key not in TOP_LEVEL_KEYS:
+            close = difflib.get_close_matches(str(key), sorted(TOP_LEVEL_KEYS), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"{key}: unknown key{hint}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError("name: required, a non-empty string naming the experiment")
+    seeds = _convert(raw.get("seeds", [0]), list[int], "seeds")
+    if not seeds:
+        raise ConfigError("seeds: give at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds: duplicate seeds in {seeds}")
+    targets = _convert(raw.get("targets", []), list[float], "targets")
+    if any(t <= 0 for t in targets):
+        raise ConfigError(f"targets: target losses must be positive, got {targets}")
+    data = _build(DataConfig, raw.get("data"), "data")
+    if data.path is None and data.dataset not in BUILTIN_DATASETS:
+        raise ConfigError(f"data.dataset: unknown corpus {data.dataset!r}; built-in: "
+                          f"{', '.join(BUILTIN_DATASETS)} (or set data.path to a local text file)")
+    if not 0 < data.val_fraction < 1:
+        raise ConfigError(f"data.val_fraction: must be between 0 and 1, got {data.val_fraction!r}")
+    tokenizer = _convert(raw.get("tokenizer", "gpt2"), str, "tokenizer")
+    if tokenizer not in TOKENIZERS:
+        raise ConfigError(f"tokenizer: must be one of {', '.join(TOKENIZERS)}; got {tokenizer!r}")
+    tracking = _build(TrackingConfig, raw.get("tracking"), "tracking")
+
+    shared = {}
+    for section in SHARED_SECTIONS:
+        value = raw.get(section) or {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{section}: expected a mapping of keys, got {value!r}")
+        shared[section] = value
+    arms_raw = raw.get("arms")
+    if not isinstance(arms_raw, dict) or not arms_raw:
+        raise ConfigError("arms: required, a mapping of arm name to overrides, e.g. "
+                          "{gpt: {model: {kind: gpt}}, ngpt: {model: {kind: ngpt}}}")
+    arms = []
+    for arm_name, arm_raw in arms_raw.items():
+        if not isinstance(arm_name, str) or not arm_name.replace("_", "").replace("-", "").isalnum():
+            raise ConfigError(f"arms.{arm_name}: arm names must be letters, digits, '_' or '-'")
+        arm_raw = arm_raw or {}
+        if not isinstance(arm_raw, dict):
+            raise ConfigError(f"arms.{arm_name}: expected a mapping with model/train/optim, got {arm_raw!r}")
+        for key in arm_raw:
+            if key not in SHARED_SECTIONS:
+                raise ConfigError(f"arms.{arm_name}.{key}: unknown key (an arm overrides only "
+                                  f"{', '.join(SHARED_SECTIONS)})")
+
+        def path_of(section: str, key: str, _arm=arm_name, _raw=arm_raw) -> str:
+            own = isinstance(_raw.get(section), dict) and key in _raw[section]
+            return f"arms.{_arm}.{section}.{key}" if own else f"{section}.{key}"
+
+        built = {}
+        for section, cls in SHARED_SECTIONS.items():
+            override = arm_raw.get(section) or {}
+            if not isinstance(override, dict):
+                raise ConfigError(f"arms.{arm_name}.{section}: expected a mapping of keys, got {override!r}")
+            merged = _merge(shared[section], override)
+            try:
+                built[section] = _build(cls, merged, section)
+            except ConfigError as err:  # re-point the path at the arm when the arm set the key
+                key_path, _, rest = str(err).partition(":")
+                parts = key_path.split(".")
+                if len(parts) >= 2 and parts[0] == section:
+                    key_path = path_of(section, parts[1]) + "".join("." + p for p in parts[2:])
+                raise ConfigError(f"{key_path}:{rest}") from None
+        arm = ArmConfig(name=arm_name, **built)
+        if arm.model.vocab_size < TOKENIZER_VOCAB[tokenizer]:
+            raise ConfigError(f"{path_of('model', 'vocab_size')}: {arm.model.vocab_size} is smaller than the "
+                              f"{tokenizer} tokenizer's {TOKENIZER_VOCAB[tokenizer]} tokens")
+        _validate_arm(arm, path_of)
+        arms.append(arm)
+    return ExperimentConfig(name=name.strip(), arms=arms, seeds=seeds, data=data, tokenizer=tokenizer,
+                            targets=targets, tracking=tracking, source=source)
+
+
+def load_experiment(path: str | Path, overrides: list[str] = (), arms: list[str] | None = None,
+                    seeds: list[int] | None = None) -> ExperimentConfig:
+    """Read, override and validate an experiment YAML. Raises ConfigError on any problem."""
+    raw = apply_overrides(read_yaml(path), list(overrides))
+    cfg = build_experiment(raw, source=str(path))
+    if arms:
+        known = [a.name for a in cfg.arms]
+        unknown = [a for a in arms if a not in known]
+        if unknown:
+            raise ConfigError(f"--arms: unknown arm {unknown[0]!r}; this experiment has {', '.join(known)}")
+        cfg.arms = [a for a in cfg.arms if a.name in arms]
+    if seeds:
+        if len(set(seeds)) != len(seeds):
+            raise ConfigError(f"--seeds: duplicate seeds in {seeds}")
+        cfg.seeds = list(seeds)
+    return cfg

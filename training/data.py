@@ -1,0 +1,184 @@
+"""Corpora, the fixed train/validation split, and deterministic batches shared by both arms.
+
+A corpus is found in this order: `data.path` in the YAML; the folder named by `DATGPT_DATA_DIR`
+(default `~/.cache/datgpt`, which is also the download cache); a download from the corpus's public
+source, verified by its SHA-256 and cached there; else a `DataError` saying where to put the file.
+
+Batches are a pure function of (seed, step, micro-batch index): both arms of a seed see the same
+windows in the same order, any world size sees the same global batch, and a resumed run needs no
+loader state beyond the step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from training.config import DataConfig
+from training.tokenizer import encode
+
+DATA_DIR_ENV = "DATGPT_DATA_DIR"
+
+
+class DataError(RuntimeError):
+    """A corpus that cannot be found, read or used with the configured shapes."""
+
+
+@dataclass(frozen=True)
+class BuiltinCorpus:
+    filename: str  # path inside DATGPT_DATA_DIR
+    url: str  # public source, pinned to a commit so the checksum stays valid
+    sha256: str
+
+
+BUILTIN_CORPORA = {
+    "verdict": BuiltinCorpus(
+        "the-verdict.txt",
+        "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/"
+        "28c65cdfbc3338e2e040016eea4b7fdf556e4d57/ch02/01_main-chapter-code/the-verdict.txt",
+        "b41e41a68f0398a3154ae69e2e4c0e2694e17fe0d66730536837f1b01935b31f"),
+    "tinyshakespeare": BuiltinCorpus(
+        "tinyshakespeare/input.txt",
+        "https://raw.githubusercontent.com/karpathy/char-rnn/"
+        "6f9487a6fe5b420b7ca9afb0d7c078e37c1d1b4e/data/tinyshakespeare/input.txt",
+        "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"),
+}
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get(DATA_DIR_ENV) or Path.home() / ".cache" / "datgpt").expanduser()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download(corpus: BuiltinCorpus, dest: Path, timeout: float = 30.0) -> None:
+    """Download to a temp file beside `dest`, check the SHA-256, then rename into place."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(corpus.url, timeout=timeout) as response:
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+        got = _sha256(Path(tmp))
+        if got != corpus.sha256:
+            raise DataError(f"{corpus.url}: checksum mismatch (got {got[:12]}..., expected "
+                            f"{corpus.sha256[:12]}...); not using the download")
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def resolve_corpus(cfg: DataConfig) -> Path:
+    """The local file holding the configured corpus, downloading a built-in one if needed."""
+    if cfg.path is not None:
+        path = Path(cfg.path).expanduser()
+        if not path.is_file():
+            raise DataError(f"data.path: no such file {cfg.path!r}")
+        return path
+    corpus = BUILTIN_CORPORA[cfg.dataset]
+    path = data_dir() / corpus.filename
+    if path.is_file():
+        return path
+    try:
+        download(corpus, path)
+    except DataError:
+        raise
+    except Exception as err:
+        reason = getattr(err, "reason", None) or err
+        raise DataError(
+            f"data.dataset: {cfg.dataset!r} is not in {data_dir()} and its download failed ({reason}). "
+            f"Put the file at {path} (set {DATA_DIR_ENV} to use another folder) or point data.path "
+            f"at a local copy") from None
+    return path
+
+
+@dataclass
+class Splits:
+    """Token ids of one corpus, split once: the last `val_fraction` is validation."""
+
+    train: torch.Tensor  # int64, 1-D
+    val: torch.Tensor
+    source: Path
+
+    @property
+    def n_tokens(self) -> int:
+        return self.train.numel() + self.val.numel()
+
+
+def load_splits(cfg: DataConfig, tokenizer: str, context_length: int) -> Splits:
+    """Tokenize the corpus and split it, checking it holds at least one window of each split."""
+    path = resolve_corpus(cfg)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: cannot read as UTF-8 text ({err})") from None
+    tokens = torch.tensor(encode(text, tokenizer), dtype=torch.long)
+    n_val = max(int(round(tokens.numel() * cfg.val_fraction)), 0)
+    window = context_length + 1
+    if n_val < window:
+        raise DataError(
+            f"data.val_fraction: {cfg.val_fraction} of {path.name}'s {tokens.numel()} tokens is {n_val} "
+            f"validation tokens, fewer than one window of context_length+1={window}; raise "
+            f"data.val_fraction or lower model.context_length")
+    if tokens.numel() - n_val < window:
+        raise DataError(
+            f"model.context_length: {context_length} is longer than the {tokens.numel() - n_val} training "
+            f"tokens of {path.name}; lower it or use a larger corpus")
+    return Splits(train=tokens[: tokens.numel() - n_val], val=tokens[tokens.numel() - n_val:], source=path)
+
+
+class TrainBatches:
+    """Random windows of the training tokens, a pure function of (seed, step, micro-batch index).
+
+    Each optimizer step draws `micro_batch_size * grad_accum_steps` window offsets from a generator
+    seeded by (seed, step); global micro-batch `i` takes rows [i*B, (i+1)*B). A process of rank r in a
+    world of W takes global micro-batches r*(A/W) ... (r+1)*(A/W)-1, so the global batch is the same
+    for every world size.
+    """
+
+    def __init__(self, tokens: torch.Tensor, context_length: int, micro_batch_size: int,
+                 grad_accum_steps: int, seed: int):
+        self.tokens = tokens
+        self.T = context_length
+        self.B = micro_batch_size
+        self.A = grad_accum_steps
+        self.seed = seed
+        self._offsets_step = -1
+        self._offsets = torch.empty(0, dtype=torch.long)
+        self._window = torch.arange(self.T + 1)
+
+    def _step_offsets(self, step: int) -> torch.Tensor:
+        if step != self._offsets_step:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+            high = self.tokens.numel() - self.T  # last valid start so that T+1 tokens fit
+            self._offsets = torch.randint(0, high, (self.A * self.B,), generator=gen)
+            self._offsets_step = step
+        return self._offsets
+
+    def get(self, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
+        offsets = self._step_offsets(step)[micro * self.B:(micro + 1) * self.B]
+        rows = self.tokens[offsets[:, None] + self._window]
+        return rows[:, :-1], rows[:, 1:]
+
+
+def val_windows(val: torch.Tensor, context_length: int, eval_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed validation set: consecutive non-overlapping windows, at most `eval_tokens` targets."""
+    T = context_length
+    n = min((val.numel() - 1) // T, max(1, -(-eval_tokens // T)))
+    rows = val[: n * T + 1]
+    x = rows[:-1].view(n, T)
+    y = rows[1:].view(n, T)
+    return x, y

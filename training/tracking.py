@@ -1,0 +1,170 @@
+"""MLflow tracking: one parent run per invocation, one child run per (arm, seed).
+
+Only global rank 0 talks to MLflow. Metrics are buffered in memory and handed to MLflow's async
+logging in batches, so logging stays off the training step's critical path; `close()` flushes and
+waits. The tracking URI is MLflow's: `MLFLOW_TRACKING_URI`, else its default (`sqlite:///mlflow.db`).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+TAG_ROLE = "datgpt.role"
+TAG_ARM = "datgpt.arm"
+TAG_SEED = "datgpt.seed"
+TAG_KIND = "datgpt.model_kind"
+TAG_TARGETS = "datgpt.targets"
+TAG_BASELINE = "datgpt.baseline_arm"
+TAG_CONFIG_HASH = "datgpt.config_hash"
+TAG_GIT_COMMIT = "datgpt.git_commit"
+TAG_FAILURE = "datgpt.failure"  # why a child run FAILED (e.g. a NaN loss)
+MLFLOW_PARENT_TAG = "mlflow.parentRunId"
+
+MAX_METRICS_PER_BATCH = 1000  # MLflow's limit per log_batch call
+MAX_PARAMS_PER_BATCH = 100
+MAX_PARAM_CHARS = 6000
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be reached or used."""
+
+
+def tracking_uri() -> str:
+    import mlflow
+
+    return mlflow.get_tracking_uri()
+
+
+def git_commit(folder: Path) -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if out.returncode != 0:
+        return "unknown"
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def _param_value(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= MAX_PARAM_CHARS else text[: MAX_PARAM_CHARS - 3] + "..."
+
+
+class RunLogger:
+    """Buffered metric logging into one MLflow run."""
+
+    def __init__(self, client, run_id: str, flush_every: int = MAX_METRICS_PER_BATCH):
+        self.client = client
+        self.run_id = run_id
+        self.flush_every = flush_every
+        self._buffer: list = []
+        self._pending: list = []
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._buffer.extend(Metric(key, float(value), now, step) for key, value in metrics.items())
+        if len(self._buffer) >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand the buffered metrics to MLflow's async queue (returns at once)."""
+        while self._buffer:
+            chunk, self._buffer = self._buffer[:MAX_METRICS_PER_BATCH], self._buffer[MAX_METRICS_PER_BATCH:]
+            self._pending.append(self.client.log_batch(self.run_id, metrics=chunk, synchronous=False))
+
+    def close(self, status: str = "FINISHED") -> None:
+        self.flush()
+        for operation in self._pending:
+            if operation is not None:
+                operation.wait()
+        self._pending.clear()
+        self.client.set_terminated(self.run_id, status=status)
+
+
+class NullLogger:
+    """What ranks other than 0 get: logging does nothing."""
+
+    run_id = None
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self, status: str = "FINISHED") -> None:
+        pass
+
+
+class Tracker:
+    """Creates the experiment, the parent run and the child runs (rank 0 only)."""
+
+    def __init__(self):
+        from mlflow import MlflowClient
+
+        self.uri = tracking_uri()
+        self.client = MlflowClient(self.uri)
+
+    def check(self) -> None:
+        """Fail early, before any training, when the tracking store cannot be used."""
+        if self.uri.startswith(("http://", "https://")):
+            import requests
+
+            try:
+                requests.get(self.uri.rstrip("/") + "/health", timeout=10).raise_for_status()
+            except requests.RequestException as err:
+                raise TrackingError(f"MLflow tracking server {self.uri} is not reachable "
+                                    f"({type(err).__name__}); start it or fix MLFLOW_TRACKING_URI") from None
+            return
+        try:
+            self.client.search_experiments(max_results=1)
+        except Exception as err:
+            first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise TrackingError(f"MLflow tracking store {self.uri} cannot be used: {first_line}") from None
+
+    def experiment_id(self, name: str) -> str:
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is None:
+            return self.client.create_experiment(name)
+        if experiment.lifecycle_stage == "deleted":
+            raise TrackingError(f"tracking.experiment: MLflow experiment {name!r} is deleted; restore it "
+                                f"(`mlflow experiments restore --experiment-id {experiment.experiment_id}`) "
+                                f"or choose another name")
+        return experiment.experiment_id
+
+    def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, _param_value(v)) for k, v in params.items()]
+        for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(run_id, params=items[i:i + MAX_PARAMS_PER_BATCH])
+
+    def start_run(self, experiment_id: str, run_name: str, tags: dict[str, str],
+                  params: dict[str, Any]) -> str:
+        run = self.client.create_run(experiment_id, run_name=run_name,
+                                     tags={k: str(v) for k, v in tags.items()})
+        self._log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def logger(self, run_id: str) -> RunLogger:
+        return RunLogger(self.client, run_id)
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.client.log_text(run_id, text, artifact_file)
+
+    def log_artifacts(self, run_id: str, folder: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(run_id, str(folder), artifact_path)
+
+    def set_tag(self, run_id: str, key: str, value: str) -> None:
+        self.client.set_tag(run_id, key, value)
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)

@@ -1,0 +1,251 @@
+"""The training loop of one arm and one seed.
+
+Same loop for both arms: AdamW on the model's own parameter groups, gradient clipping, the token-based
+LR schedule, gradient accumulation (no all-reduce on all but the last micro-step), bf16 autocast on
+CUDA / fp32 on CPU, optional torch.compile, the model's post-step hook (nGPT renormalizes), and
+validation on the same fixed tokens at a token interval. Metrics go to a logger (MLflow on rank 0).
+
+Timing convention: `time/elapsed_s` counts training time only; evaluations are excluded, since their
+cost depends on the evaluation settings, not on the arm.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from models import build_model
+from training.config import ArmConfig
+from training.data import Splits, TrainBatches, val_windows
+from training.distributed import DistInfo, all_reduce_sum
+from training.schedule import lr_at
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how an arm runs; resolved from `train.device/precision/compile`, recorded in MLflow."""
+
+    device: torch.device
+    precision: str  # "bf16" (autocast, fp32 master weights) or "fp32"
+    compile: bool
+
+    @property
+    def autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def resolve_runtime(arm: ArmConfig, dist: DistInfo) -> Runtime:
+    t = arm.train
+    device_type = t.device if t.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if device_type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device: cuda requested but torch sees no CUDA device")
+    device = torch.device("cuda", dist.local_rank) if device_type == "cuda" else torch.device("cpu")
+    precision = t.precision if t.precision != "auto" else ("bf16" if device_type == "cuda" else "fp32")
+    compile_ = (device_type == "cuda") if t.compile == "auto" else (t.compile == "on")
+    return Runtime(device, precision, compile_)
+
+
+def measure_peak_flops(device: torch.device, n: int = 8192, repeats: int = 20) -> float | None:
+    """Measured bf16 matrix-product FLOP/s of the accelerator (None on CPU): the MFU denominator."""
+    if device.type != "cuda":
+        return None
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    torch.cuda.synchronize(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - start)
+
+
+@dataclass
+class EvalPoint:
+    step: int
+    tokens: int
+    val_loss: float
+    elapsed_s: float
+
+
+@dataclass
+class ArmResult:
+    arm: str
+    seed: int
+    evals: list[EvalPoint] = field(default_factory=list)
+    tokens_seen: int = 0
+    train_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    n_params: int = 0
+    status: str = "FINISHED"
+
+    @property
+    def final_val_loss(self) -> float:
+        return self.evals[-1].val_loss if self.evals else math.nan
+
+    @property
+    def best_val_loss(self) -> float:
+        return min((e.val_loss for e in self.evals), default=math.nan)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens_seen / self.train_seconds if self.train_seconds > 0 else math.nan
+
+
+def _eval_due(step: int, steps: int, tokens_per_step: int, every: int) -> bool:
+    """Evaluate before training, whenever a multiple of `every` tokens is crossed, and at the end."""
+    if step == 0 or step == steps:
+        return True
+    return (step * tokens_per_step) // every > ((step - 1) * tokens_per_step) // every
+
+
+@torch.no_grad()
+def evaluate(model, x: torch.Tensor, y: torch.Tensor, batch_size: int, runtime: Runtime,
+             dist: DistInfo) -> float:
+    """Mean cross-entropy over the fixed validation windows, split across ranks."""
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=runtime.device)
+    mine = torch.arange(dist.rank, x.shape[0], dist.world_size)
+    for i in range(0, mine.numel(), batch_size):
+        idx = mine[i:i + batch_size]
+        xb, yb = x[idx].to(runtime.device), y[idx].to(runtime.device)
+        with runtime.autocast:
+            logits, _ = model(xb)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), yb.flatten(), reduction="sum")
+        total[0] += loss.double()
+        total[1] += yb.numel()
+    all_reduce_sum(total, dist)
+    model.train()
+    return (total[0] / total[1]).item()
+
+
+def train_arm(arm: ArmConfig, seed: int, splits: Splits, dist: DistInfo, logger, *,
+              runtime: Runtime | None = None, peak_flops: float | None = None,
+              progress: bool = True) -> ArmResult:
+    """Train one arm with one seed from scratch; log to `logger`; return the evaluation curve."""
+    wall_start = time.perf_counter()
+    runtime = runtime or resolve_runtime(arm, dist)
+    t, o = arm.train, arm.optim
+    if t.grad_accum_steps % dist.world_size:
+        raise ValueError(f"train.grad_accum_steps: {t.grad_accum_steps} is not divisible by the "
+                         f"{dist.world_size} processes; tokens per step are fixed by the YAML")
+    local_accum = t.grad_accum_steps // dist.world_size
+    tokens_per_step = arm.tokens_per_step()
+    steps = arm.steps()
+
+    torch.manual_seed(seed)
+    model = build_model(arm.model).to(runtime.device)
+    result = ArmResult(arm=arm.name, seed=seed, n_params=model.num_params())
+    flops_per_token = model.flops_per_token(arm.model.context_length)
+    optimizer = torch.optim.AdamW(model.optimizer_groups(o.weight_decay), lr=o.lr, betas=(o.beta1, o.beta2),
+                                  eps=o.eps, fused=runtime.device.type == "cuda")
+    forward_model = torch.compile(model) if runtime.compile else model
+    train_model = forward_model
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+        train_model = DDP(forward_model, device_ids=device_ids)
+
+    batches = TrainBatches(splits.train, arm.model.context_length, t.micro_batch_size, t.grad_accum_steps, seed)
+    val_x, val_y = val_windows(splits.val, arm.model.context_length, t.eval_tokens)
+    first_micro = dist.rank * local_accum
+
+    bar = None
+    if progress and dist.is_main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps * tokens_per_step, unit="tok", unit_scale=True, dynamic_ncols=True,
+                   desc=f"{arm.name} seed {seed}", leave=True)
+
+    train_seconds = 0.0
+    window_tokens, window_seconds, window_steps = 0, 0.0, 0
+    postfix = {"loss": "-", "val": "-", "tok_s": "-"}
+
+    def run_eval(step: int) -> float:
+        val_loss = evaluate(forward_model, val_x, val_y, t.micro_batch_size, runtime, dist)
+        result.evals.append(EvalPoint(step, step * tokens_per_step, val_loss, train_seconds))
+        postfix["val"] = f"{val_loss:.3f}"
+        return val_loss
+
+    logger.log(0, {"val/loss": run_eval(0), "tokens": 0, "time/elapsed_s": 0.0})
+    model.train()
+    for step in range(1, steps + 1):
+        step_start = time.perf_counter()
+        lr = lr_at((step - 1) * tokens_per_step, steps * tokens_per_step, o)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=runtime.device)
+        for micro in range(local_accum):
+            x, y = batches.get(step - 1, first_micro + micro)
+            x = x.to(runtime.device, non_blocking=True)
+            y = y.to(runtime.device, non_blocking=True)
+            last_micro = micro == local_accum - 1
+            no_sync = train_model.no_sync() if dist.enabled and not last_micro else contextlib.nullcontext()
+            with no_sync:
+                with runtime.autocast:
+                    _, loss = train_model(x, y)
+                (loss / local_accum).backward()
+            loss_sum += loss.detach()
+        grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                     if t.grad_clip > 0 else None)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        model.post_step()
+
+        log_now = step % t.log_every_steps == 0 or step == steps
+        if log_now:  # the only host syncs of a step, and only on log steps
+            train_loss = (all_reduce_sum(loss_sum / local_accum, dist) / dist.world_size).item()
+            if runtime.device.type == "cuda":
+                torch.cuda.synchronize(runtime.device)
+        step_seconds = time.perf_counter() - step_start
+        train_seconds += step_seconds
+        window_tokens += tokens_per_step
+        window_seconds += step_seconds
+        window_steps += 1
+
+        metrics = {}
+        if log_now:
+            if not math.isfinite(train_loss):
+                result.status = "FAILED"
+                raise TrainingDiverged(f"{arm.name} seed {seed}: training loss is {train_loss} at step {step}")
+            tokens_per_s = window_tokens / window_seconds  # global: all processes together
+            metrics.update({
+                "train/loss": train_loss,
+                "lr": lr,
+                "throughput/tokens_per_s": tokens_per_s,
+                "time/step_ms": 1000.0 * window_seconds / window_steps,
+            })
+            if grad_norm is not None:
+                metrics["train/grad_norm"] = grad_norm.item()
+            if peak_flops:
+                metrics["mfu"] = flops_per_token * tokens_per_s / (peak_flops * dist.world_size)
+            postfix.update(loss=f"{train_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
+            window_tokens, window_seconds, window_steps = 0, 0.0, 0
+        if _eval_due(step, steps, tokens_per_step, t.eval_every_tokens):
+            metrics["val/loss"] = run_eval(step)
+        if metrics:
+            metrics.update({"tokens": step * tokens_per_step, "time/elapsed_s": train_seconds})
+            logger.log(step, metrics)
+        if bar is not None:
+            bar.update(tokens_per_step)
+            if metrics:
+                bar.set_postfix(postfix, refresh=False)
+    if bar is not None:
+        bar.close()
+    result.tokens_seen = steps * tokens_per_step
+    result.train_seconds = train_seconds
+    result.wall_seconds = time.perf_counter() - wall_start
+    return result
