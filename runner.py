@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 PROJECT_DIR = Path(__file__).resolve().parent
@@ -22,10 +21,6 @@ if str(PROJECT_DIR) not in sys.path:  # `python /elsewhere/runner.py` and torchr
     sys.path.insert(0, str(PROJECT_DIR))
 
 EXIT_BAD_INPUT = 2
-
-
-class UsageError(Exception):
-    """Bad input found by the runner itself (arguments, data, runtime); exit code 2."""
 
 
 def _csv(kind):
@@ -64,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true",
                         help="print each arm's resolved config, parameters, tokens per step and steps; train nothing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    resume = parser.add_mutually_exclusive_group()
+    resume.add_argument("--resume", nargs="?", const="latest", metavar="PARENT_RUN_ID|FOLDER",
+                        help="continue an interrupted invocation (default: the latest unfinished one; "
+                             "this already happens automatically when one exists)")
+    resume.add_argument("--no-resume", action="store_true", help="start fresh even if an unfinished run exists")
+    parser.add_argument("--force", action="store_true",
+                        help="resume even from checkpoints written under another config")
     return parser
 
 
@@ -109,122 +111,6 @@ def dry_run(cfg, splits) -> None:
               f"tokens trained: {arm.steps() * arm.tokens_per_step():,}")
 
 
-def run(cfg, splits, dist, progress: bool) -> int:
-    import torch
-
-    from training.config import flatten
-    from training.summary import format_table, summary_frame
-    from training.tracking import (MLFLOW_PARENT_TAG, TAG_ARM, TAG_BASELINE, TAG_CONFIG_HASH, TAG_GIT_COMMIT,
-                                   TAG_FAILURE, TAG_KIND, TAG_ROLE, TAG_SEED, TAG_TARGETS, NullLogger, Tracker,
-                                   TrackingError, git_commit)
-    from training.trainer import TrainingDiverged, measure_peak_flops, resolve_runtime, train_arm
-
-    try:
-        runtimes = {arm.name: resolve_runtime(arm, dist) for arm in cfg.arms}
-    except RuntimeError as err:
-        raise UsageError(str(err)) from None
-    for arm in cfg.arms:
-        if arm.train.grad_accum_steps % dist.world_size:
-            raise UsageError(f"train.grad_accum_steps: {arm.train.grad_accum_steps} (arm {arm.name}) is not "
-                             f"divisible by the {dist.world_size} processes")
-
-    tracker = parent_id = None
-    if dist.is_main:
-        tracker = Tracker()
-        try:
-            tracker.check()
-            experiment_id = tracker.experiment_id(cfg.experiment_name)
-        except TrackingError as err:
-            raise UsageError(str(err)) from None
-        run_name = cfg.tracking.run_name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        parent_id = tracker.start_run(
-            experiment_id, run_name,
-            tags={TAG_ROLE: "parent", TAG_TARGETS: str(list(cfg.targets)), TAG_BASELINE: cfg.baseline_arm,
-                  TAG_CONFIG_HASH: cfg.config_hash(), TAG_GIT_COMMIT: git_commit(PROJECT_DIR)},
-            params={"name": cfg.name, "seeds": cfg.seeds, "arms": [a.name for a in cfg.arms],
-                    "targets": cfg.targets, "world_size": dist.world_size,
-                    **flatten({"data": cfg.to_dict()["data"]}), "tokenizer": cfg.tokenizer})
-        tracker.log_text(parent_id, cfg.to_yaml(), "config/resolved.yaml")
-        print(f"MLflow: experiment {cfg.experiment_name!r}, parent run {parent_id} ({tracker.uri})")
-
-    results, status = [], "FINISHED"
-    peak_cache: dict = {}
-    try:
-        for seed in cfg.seeds:
-            for arm in cfg.arms:
-                runtime = runtimes[arm.name]
-                peak = arm.train.peak_flops
-                if peak is None and runtime.device.type == "cuda":
-                    peak = peak_cache.setdefault("measured", measure_peak_flops(runtime.device))
-                logger, child_id = NullLogger(), None
-                if dist.is_main:
-                    params = {**flatten(cfg.to_dict()["arms"][arm.name]), **flatten({"data": cfg.to_dict()["data"]}),
-                              "tokenizer": cfg.tokenizer, "arm": arm.name, "seed": seed,
-                              "derived.tokens_per_step": arm.tokens_per_step(), "derived.steps": arm.steps(),
-                              "derived.tokens_trained": arm.steps() * arm.tokens_per_step(),
-                              "derived.world_size": dist.world_size, "derived.device": str(runtime.device),
-                              "derived.precision": runtime.precision, "derived.compile": runtime.compile,
-                              "derived.peak_flops": peak, "derived.torch_version": torch.__version__}
-                    child_id = tracker.start_run(
-                        experiment_id, f"{arm.name}-seed{seed}",
-                        tags={MLFLOW_PARENT_TAG: parent_id, TAG_ROLE: "child", TAG_ARM: arm.name,
-                              TAG_SEED: str(seed), TAG_KIND: arm.model.kind},
-                        params=params)
-                    logger = tracker.logger(child_id)
-                try:
-                    result = train_arm(arm, seed, splits, dist, logger, runtime=runtime, peak_flops=peak,
-                                       progress=progress)
-                except TrainingDiverged as err:  # this arm stops; the others still run
-                    if dist.is_main:
-                        print(f"\nwarning: {err}; run marked FAILED", file=sys.stderr)
-                        tracker.set_tag(child_id, TAG_FAILURE, str(err))
-                    logger.close("FAILED")
-                    continue
-                except BaseException:
-                    logger.close("KILLED" if isinstance(sys.exc_info()[1], KeyboardInterrupt) else "FAILED")
-                    raise
-                if dist.is_main:
-                    logger.log(result.evals[-1].step, {"summary/n_params": result.n_params})
-                logger.close("FINISHED")
-                results.append(result)
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    except BaseException:
-        status = "FAILED"
-        raise
-    finally:
-        if dist.is_main and status != "FINISHED":
-            tracker.finish(parent_id, status)
-
-    if dist.is_main:
-        table = summary_frame(results, cfg.targets, cfg.baseline_arm)
-        text = format_table(table)
-        print(f"\n{cfg.name}: {len(results)} runs; tokens to target = first crossing of the validation loss "
-              f"(linear interpolation); speedup = {cfg.baseline_arm} tokens / arm tokens")
-        print(text)
-        tracker.log_text(parent_id, text + "\n", "summary/summary.txt")
-        tracker.log_text(parent_id, table.to_csv(index=False), "summary/summary.csv")
-        log_report(tracker, cfg, parent_id)
-        tracker.finish(parent_id, "FINISHED")
-        print(f"\nFigures and tables: python -m analysis figures --experiment {cfg.experiment_name}   "
-              f"Runs: mlflow ui")
-    return 0
-
-
-def log_report(tracker, cfg, parent_id: str) -> None:
-    """Build the analysis figures of this invocation and attach them to the parent run."""
-    try:
-        from analysis.report import build_report
-
-        with tempfile.TemporaryDirectory() as folder:
-            build_report(cfg.experiment_name, Path(folder), parent_run_id=parent_id, tracking_uri=tracker.uri)
-            tracker.log_artifacts(parent_id, Path(folder), "report")
-    except Exception as err:  # figures are a convenience here; the runs themselves are safe in MLflow
-        print(f"warning: could not build the figures ({type(err).__name__}: {err}); rerun "
-              f"`python -m analysis figures --experiment {cfg.experiment_name}`", file=sys.stderr)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -232,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     from training import distributed
     from training.config import ConfigError, load_experiment
     from training.data import DataError, load_splits
+    from training.session import UsageError, run_experiment
     from training.tokenizer import TokenizerError
+    from training.trainer import StopFlag
 
     try:
         cfg = load_experiment(args.experiment, args.overrides, arms=args.arms, seeds=args.seeds)
@@ -250,9 +138,14 @@ def main(argv: list[str] | None = None) -> int:
         device_type = "cuda" if any(
             a.train.device == "cuda" or (a.train.device == "auto" and _cuda()) for a in cfg.arms) else "cpu"
         dist = distributed.setup(device_type)
-        try:
-            return run(cfg, splits, dist, progress=not args.no_progress)
+        stop = StopFlag()
+        previous = {sig: signal.signal(sig, stop.request) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:  # SIGTERM / SIGINT (cluster preemption, Ctrl-C): checkpoint at the next step, then exit
+            return run_experiment(cfg, splits, dist, progress=not args.no_progress, force=args.force,
+                                  resume="never" if args.no_resume else (args.resume or "auto"), stop=stop)
         finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             distributed.teardown()
     except (ConfigError, DataError, TokenizerError, UsageError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -33,10 +33,63 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class HFDataConfig:
+    """`data.hf`: a Hugging Face `datasets` dataset, streamed and tokenized into uint16 shards on first use.
+
+    The shards go to `$DATGPT_DATA_DIR/shards/<name>-<hash>` (default `~/.cache/datgpt`), keyed by a hash
+    of every field below, so experiments with the same settings share one prepared copy.
+    """
+
+    name: str = ""  # Hub dataset (e.g. HuggingFaceFW/fineweb) or a datasets builder (parquet, json, text)
+    config: str | None = None  # dataset configuration, e.g. sample-10BT; null = the dataset's default
+    split: str = "train"  # split to stream; validation documents are taken from its start
+    data_files: list[str] | None = None  # files for a builder such as parquet or json (local paths or URLs)
+    text_field: str = "text"  # the record field holding each document's text
+    max_tokens: int | None = None  # stop after this many tokens in all (validation included); null = all
+    val_tokens: int = 1_000_000  # validation: whole documents from the start until at least this many tokens
+    shard_tokens: int = 100_000_000  # tokens per shard file (2 bytes each)
+
+
+@dataclass
 class DataConfig:
+    """The corpus: one of `dataset` (built-in), `path` (a local text file), `shards` (a prepared folder)
+    or `hf` (a Hugging Face dataset prepared on first use); `shards`, `hf` and `path` replace `dataset`."""
+
     dataset: str = "verdict"  # built-in corpus: "verdict" (The Verdict) or "tinyshakespeare"
     path: str | None = None  # a local UTF-8 text file; when set it replaces `dataset`
-    val_fraction: float = 0.1  # last fraction of the token stream held out as fixed validation tokens
+    val_fraction: float = 0.1  # text corpora (dataset, path): last fraction of the tokens held out as validation
+    shards: str | None = None  # a folder written by `python -m training.data prepare` (val and train shards)
+    hf: HFDataConfig | None = None  # a Hugging Face dataset, tokenized into cached shards on first use
+
+
+DATA_SOURCE_KEYS = ("path", "shards", "hf")  # at most one of these; each replaces data.dataset
+
+
+def _build_data(raw: Any) -> DataConfig:
+    """`data` with its nested `hf` section (`hf: NAME` is short for `hf: {name: NAME}`)."""
+    if not isinstance(raw, dict) or raw.get("hf") is None:
+        return _build(DataConfig, raw, "data")
+    raw = dict(raw)
+    hf_raw = raw.pop("hf")
+    if isinstance(hf_raw, str):
+        hf_raw = {"name": hf_raw}
+    data = _build(DataConfig, raw, "data")
+    data.hf = _build(HFDataConfig, hf_raw, "data.hf")
+    hf = data.hf
+    if not hf.name.strip():
+        raise ConfigError("data.hf.name: required, a dataset name such as HuggingFaceFW/fineweb")
+    if not hf.split.strip():
+        raise ConfigError("data.hf.split: must be a split name such as train")
+    if not hf.text_field.strip():
+        raise ConfigError("data.hf.text_field: must be a field name such as text")
+    if hf.data_files is not None and not hf.data_files:
+        raise ConfigError("data.hf.data_files: give at least one file, or null")
+    for key in ("val_tokens", "shard_tokens"):
+        _positive(f"data.hf.{key}", getattr(hf, key))
+    if hf.max_tokens is not None and hf.max_tokens <= hf.val_tokens:
+        raise ConfigError(f"data.hf.max_tokens: {hf.max_tokens} leaves no training tokens after "
+                          f"data.hf.val_tokens={hf.val_tokens}")
+    return data
 
 
 @dataclass
@@ -74,6 +127,14 @@ class TrackingConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    enabled: bool = True  # write checkpoints: at the end of each run, every `every_tokens`, and on SIGTERM/SIGINT
+    dir: str = "checkpoints"  # folder (relative to where the runner starts): <dir>/<experiment>/<parent run>/<arm>-seed<seed>/
+    every_tokens: int = 0  # also checkpoint every this many training tokens; 0 = only at the end and on preemption
+    keep_last: int = 2  # checkpoints kept per arm and seed (older ones are deleted)
+
+
+@dataclass
 class ArmConfig:
     """One fully resolved arm: the shared sections with the arm's overrides applied."""
 
@@ -98,6 +159,7 @@ class ExperimentConfig:
     tokenizer: str = "gpt2"
     targets: list[float] = field(default_factory=list)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     source: str = ""  # the YAML file it was loaded from
 
     @property
@@ -121,6 +183,7 @@ class ExperimentConfig:
             "tokenizer": self.tokenizer,
             "targets": list(self.targets),
             "tracking": dataclasses.asdict(self.tracking),
+            "checkpoint": dataclasses.asdict(self.checkpoint),
             "arms": {a.name: arm_to_dict(a) for a in self.arms},
         }
 
@@ -128,8 +191,16 @@ class ExperimentConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def config_hash(self) -> str:
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return _hash(self.to_dict())
+
+    def arm_hash(self, arm: ArmConfig, seed: int) -> str:
+        """What decides one arm's training curve: a checkpoint is resumed only under the same hash."""
+        return _hash({"data": dataclasses.asdict(self.data), "tokenizer": self.tokenizer,
+                      "arm": arm_to_dict(arm), "seed": seed})
+
+
+def _hash(tree: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def arm_to_dict(arm: ArmConfig) -> dict[str, Any]:
@@ -155,7 +226,8 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 # ----------------------------------------------------------------------------- typed conversion
 
 SHARED_SECTIONS = {"model": ModelConfig, "train": TrainConfig, "optim": OptimConfig}
-TOP_LEVEL_KEYS = {"name", "seeds", "data", "tokenizer", "model", "train", "optim", "arms", "targets", "tracking"}
+TOP_LEVEL_KEYS = {"name", "seeds", "data", "tokenizer", "model", "train", "optim", "arms", "targets", "tracking",
+                  "checkpoint"}
 CHOICES = {
     "train.precision": ("auto", "bf16", "fp32"),
     "train.compile": ("auto", "on", "off"),
@@ -354,16 +426,27 @@ def build_experiment(raw: dict, source: str = "") -> ExperimentConfig:
     targets = _convert(raw.get("targets", []), list[float], "targets")
     if any(t <= 0 for t in targets):
         raise ConfigError(f"targets: target losses must be positive, got {targets}")
-    data = _build(DataConfig, raw.get("data"), "data")
-    if data.path is None and data.dataset not in BUILTIN_DATASETS:
+    data = _build_data(raw.get("data"))
+    chosen = [key for key in DATA_SOURCE_KEYS if getattr(data, key) is not None]
+    if len(chosen) > 1:
+        raise ConfigError(f"data.{chosen[1]}: set only one of data.{', data.'.join(DATA_SOURCE_KEYS)} "
+                          f"(data.{chosen[0]} is set too)")
+    if data.shards is not None and not data.shards.strip():
+        raise ConfigError("data.shards: must be a folder path, or null")
+    if not chosen and data.dataset not in BUILTIN_DATASETS:
         raise ConfigError(f"data.dataset: unknown corpus {data.dataset!r}; built-in: "
-                          f"{', '.join(BUILTIN_DATASETS)} (or set data.path to a local text file)")
+                          f"{', '.join(BUILTIN_DATASETS)} (or set data.path, data.shards or data.hf)")
     if not 0 < data.val_fraction < 1:
         raise ConfigError(f"data.val_fraction: must be between 0 and 1, got {data.val_fraction!r}")
     tokenizer = _convert(raw.get("tokenizer", "gpt2"), str, "tokenizer")
     if tokenizer not in TOKENIZERS:
         raise ConfigError(f"tokenizer: must be one of {', '.join(TOKENIZERS)}; got {tokenizer!r}")
     tracking = _build(TrackingConfig, raw.get("tracking"), "tracking")
+    checkpoint = _build(CheckpointConfig, raw.get("checkpoint"), "checkpoint")
+    _positive("checkpoint.every_tokens", checkpoint.every_tokens, allow_zero=True)
+    _positive("checkpoint.keep_last", checkpoint.keep_last)
+    if not checkpoint.dir.strip():
+        raise ConfigError("checkpoint.dir: must be a folder path, got an empty string")
 
     shared = {}
     for section in SHARED_SECTIONS:
@@ -412,7 +495,7 @@ def build_experiment(raw: dict, source: str = "") -> ExperimentConfig:
         _validate_arm(arm, path_of)
         arms.append(arm)
     return ExperimentConfig(name=name.strip(), arms=arms, seeds=seeds, data=data, tokenizer=tokenizer,
-                            targets=targets, tracking=tracking, source=source)
+                            targets=targets, tracking=tracking, checkpoint=checkpoint, source=source)
 
 
 def load_experiment(path: str | Path, overrides: list[str] = (), arms: list[str] | None = None,

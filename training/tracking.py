@@ -7,7 +7,9 @@ waits. The tracking URI is MLflow's: `MLFLOW_TRACKING_URI`, else its default (`s
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -57,14 +59,23 @@ def _param_value(value: Any) -> str:
 
 
 class RunLogger:
-    """Buffered metric logging into one MLflow run."""
+    """Buffered metric logging into one MLflow run that survives a lost tracking server.
 
-    def __init__(self, client, run_id: str, flush_every: int = MAX_METRICS_PER_BATCH):
+    `log()` only appends to a buffer; `flush()` hands full batches to MLflow's async queue. Batches
+    that fail (server down) go back into the buffer and are retried at the next flush; whatever
+    still fails when the run closes is written to `mlflow-unsynced/<run_id>.jsonl`, which
+    `python -m training.tracking sync FILE` uploads later. Training never stops for the tracker.
+    """
+
+    def __init__(self, client, run_id: str, flush_every: int = MAX_METRICS_PER_BATCH,
+                 unsynced_dir: Path = Path("mlflow-unsynced")):
         self.client = client
         self.run_id = run_id
         self.flush_every = flush_every
+        self.unsynced_dir = unsynced_dir
         self._buffer: list = []
         self._pending: list = []
+        self.last_error: Exception | None = None
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric
@@ -74,19 +85,80 @@ class RunLogger:
         if len(self._buffer) >= self.flush_every:
             self.flush()
 
-    def flush(self) -> None:
-        """Hand the buffered metrics to MLflow's async queue (returns at once)."""
+    def flush(self, wait: bool = False) -> None:
+        """Hand the buffer to MLflow's async queue; with `wait`, block until it is stored (or failed)."""
         while self._buffer:
             chunk, self._buffer = self._buffer[:MAX_METRICS_PER_BATCH], self._buffer[MAX_METRICS_PER_BATCH:]
-            self._pending.append(self.client.log_batch(self.run_id, metrics=chunk, synchronous=False))
+            try:
+                self._pending.append((self.client.log_batch(self.run_id, metrics=chunk, synchronous=False), chunk))
+            except Exception as err:  # the queue itself refused: keep the metrics for later
+                self.last_error = err
+                self._buffer = chunk + self._buffer
+                break
+        if wait:
+            self._wait()
 
-    def close(self, status: str = "FINISHED") -> None:
-        self.flush()
-        for operation in self._pending:
-            if operation is not None:
-                operation.wait()
+    def _wait(self) -> None:
+        failed = []
+        for operation, chunk in self._pending:
+            try:
+                if operation is not None:
+                    operation.wait()
+            except Exception as err:
+                self.last_error = err
+                failed.extend(chunk)
         self._pending.clear()
-        self.client.set_terminated(self.run_id, status=status)
+        self._buffer = failed + self._buffer
+
+    def close(self, status: str = "FINISHED") -> Path | None:
+        """Flush everything and end the run; returns the local record when MLflow could not take it."""
+        self.flush(wait=True)
+        if self._buffer:  # one last synchronous try
+            try:
+                for i in range(0, len(self._buffer), MAX_METRICS_PER_BATCH):
+                    self.client.log_batch(self.run_id, metrics=self._buffer[i:i + MAX_METRICS_PER_BATCH])
+                self._buffer.clear()
+            except Exception as err:
+                self.last_error = err
+        try:
+            if not self._buffer:
+                self.client.set_terminated(self.run_id, status=status)
+                return None
+        except Exception as err:
+            self.last_error = err
+        return self._write_unsynced(status)
+
+    def _write_unsynced(self, status: str) -> Path:
+        self.unsynced_dir.mkdir(parents=True, exist_ok=True)
+        path = self.unsynced_dir / f"{self.run_id}.jsonl"
+        with open(path, "a", encoding="utf-8") as f:
+            for m in self._buffer:
+                f.write(json.dumps({"key": m.key, "value": m.value, "timestamp": m.timestamp, "step": m.step}) + "\n")
+            f.write(json.dumps({"status": status}) + "\n")
+        self._buffer.clear()
+        return path
+
+
+def sync_unsynced(path: Path, client=None) -> int:
+    """Upload a local record written by `RunLogger` when the server was lost; returns metrics sent."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    client = client or MlflowClient()
+    metrics, status = [], None
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        if "status" in row:
+            status = row["status"]
+        else:
+            metrics.append(Metric(row["key"], row["value"], row["timestamp"], row["step"]))
+    run_id = Path(path).stem
+    for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=metrics[i:i + MAX_METRICS_PER_BATCH])
+    if status:
+        client.set_terminated(run_id, status=status)
+    Path(path).unlink()
+    return len(metrics)
 
 
 class NullLogger:
@@ -97,7 +169,7 @@ class NullLogger:
     def log(self, step: int, metrics: dict[str, float]) -> None:
         pass
 
-    def flush(self) -> None:
+    def flush(self, wait: bool = False) -> None:
         pass
 
     def close(self, status: str = "FINISHED") -> None:
@@ -168,3 +240,33 @@ class Tracker:
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
+
+    def reopen(self, run_id: str) -> None:
+        """Mark a run RUNNING again to continue it (resume)."""
+        self.client.update_run(run_id, status="RUNNING")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m training.tracking sync FILE...`: upload metrics kept locally while MLflow was down."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m training.tracking")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sync = sub.add_parser("sync", help="upload mlflow-unsynced/<run_id>.jsonl records to MLFLOW_TRACKING_URI")
+    sync.add_argument("files", nargs="+", type=Path)
+    args = parser.parse_args(argv)
+    for path in args.files:
+        if not path.is_file():
+            print(f"error: {path}: no such file", file=sys.stderr)
+            return 2
+        try:
+            sent = sync_unsynced(path)
+        except Exception as err:
+            print(f"error: {path}: could not sync to {tracking_uri()} ({type(err).__name__}: {err})", file=sys.stderr)
+            return 2
+        print(f"{path}: {sent} metrics sent to run {path.stem}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

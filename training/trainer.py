@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from models import build_model
+from training.checkpoint import rng_state, save_checkpoint, set_rng_state
 from training.config import ArmConfig
 from training.data import Splits, TrainBatches, val_windows
 from training.distributed import DistInfo, all_reduce_sum
@@ -28,6 +31,37 @@ from training.schedule import lr_at
 
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+class Preempted(RuntimeError):
+    """SIGTERM or SIGINT arrived; a checkpoint was saved (when enabled) before this was raised."""
+
+    def __init__(self, signum: int, checkpoint: str | None):
+        self.signum, self.checkpoint = signum, checkpoint
+        where = f"checkpoint saved at {checkpoint}" if checkpoint else "no checkpoint (checkpoint.enabled is false)"
+        super().__init__(f"stopped by signal {signum}; {where}")
+
+
+class StopFlag:
+    """Set from a signal handler; the loop checks it between steps (all ranks agree on log steps)."""
+
+    def __init__(self):
+        self.signum = 0
+
+    def request(self, signum: int, frame=None) -> None:
+        if self.signum == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
+        self.signum = signum
+
+
+@dataclass
+class CheckpointPlan:
+    """Where and when one arm/seed writes checkpoints, and what identifies them."""
+
+    folder: Path
+    every_tokens: int  # 0 = only at the end and on preemption
+    keep_last: int
+    identity: dict  # config hash, MLflow run ids, arm, seed: stored in every checkpoint
 
 
 @dataclass(frozen=True)
@@ -103,12 +137,27 @@ class ArmResult:
     def tokens_per_s(self) -> float:
         return self.tokens_seen / self.train_seconds if self.train_seconds > 0 else math.nan
 
+    def to_state(self) -> dict:
+        """Plain data for a checkpoint (`torch.load(weights_only=True)` reads it back)."""
+        return {"arm": self.arm, "seed": self.seed, "evals": [asdict(e) for e in self.evals],
+                "tokens_seen": self.tokens_seen, "train_seconds": self.train_seconds,
+                "wall_seconds": self.wall_seconds, "n_params": self.n_params}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "ArmResult":
+        return cls(arm=state["arm"], seed=state["seed"], evals=[EvalPoint(**e) for e in state["evals"]],
+                   tokens_seen=state["tokens_seen"], train_seconds=state["train_seconds"],
+                   wall_seconds=state["wall_seconds"], n_params=state["n_params"])
+
+
+def _crossed(step: int, tokens_per_step: int, every: int) -> bool:
+    """Whether the tokens seen crossed a multiple of `every` during optimizer step `step`."""
+    return every > 0 and (step * tokens_per_step) // every > ((step - 1) * tokens_per_step) // every
+
 
 def _eval_due(step: int, steps: int, tokens_per_step: int, every: int) -> bool:
     """Evaluate before training, whenever a multiple of `every` tokens is crossed, and at the end."""
-    if step == 0 or step == steps:
-        return True
-    return (step * tokens_per_step) // every > ((step - 1) * tokens_per_step) // every
+    return step == 0 or step == steps or _crossed(step, tokens_per_step, every)
 
 
 @torch.no_grad()
@@ -132,9 +181,14 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, batch_size: int, runtime: 
 
 
 def train_arm(arm: ArmConfig, seed: int, splits: Splits, dist: DistInfo, logger, *,
-              runtime: Runtime | None = None, peak_flops: float | None = None,
-              progress: bool = True) -> ArmResult:
-    """Train one arm with one seed from scratch; log to `logger`; return the evaluation curve."""
+              runtime: Runtime | None = None, peak_flops: float | None = None, progress: bool = True,
+              checkpoints: CheckpointPlan | None = None, resume: dict | None = None,
+              stop: StopFlag | None = None) -> ArmResult:
+    """Train one arm with one seed, from scratch or from a checkpoint's `resume` state.
+
+    Logs to `logger`; writes checkpoints per `checkpoints` (rank 0); stops with `Preempted` after a
+    checkpoint when `stop` is set, and with `TrainingDiverged` (before any checkpoint of that step)
+    on a non-finite loss. Returns the evaluation curve."""
     wall_start = time.perf_counter()
     runtime = runtime or resolve_runtime(arm, dist)
     t, o = arm.train, arm.optim
@@ -159,6 +213,14 @@ def train_arm(arm: ArmConfig, seed: int, splits: Splits, dist: DistInfo, logger,
         device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
         train_model = DDP(forward_model, device_ids=device_ids)
 
+    start_step = 0
+    if resume is not None:  # same weights, optimizer moments, RNG and curve as when it was saved
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        set_rng_state(resume["rng"])
+        start_step = resume["step"]
+        previous = ArmResult.from_state(resume["result"])
+        result.evals = previous.evals
     batches = TrainBatches(splits.train, arm.model.context_length, t.micro_batch_size, t.grad_accum_steps, seed)
     val_x, val_y = val_windows(splits.val, arm.model.context_length, t.eval_tokens)
     first_micro = dist.rank * local_accum
@@ -167,10 +229,11 @@ def train_arm(arm: ArmConfig, seed: int, splits: Splits, dist: DistInfo, logger,
     if progress and dist.is_main:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=steps * tokens_per_step, unit="tok", unit_scale=True, dynamic_ncols=True,
-                   desc=f"{arm.name} seed {seed}", leave=True)
+        bar = tqdm(total=steps * tokens_per_step, initial=start_step * tokens_per_step, unit="tok",
+                   unit_scale=True, dynamic_ncols=True, desc=f"{arm.name} seed {seed}", leave=True)
 
-    train_seconds = 0.0
+    train_seconds = resume["result"]["train_seconds"] if resume else 0.0
+    wall_before = resume["result"]["wall_seconds"] if resume else 0.0
     window_tokens, window_seconds, window_steps = 0, 0.0, 0
     postfix = {"loss": "-", "val": "-", "tok_s": "-"}
 
@@ -180,9 +243,24 @@ def train_arm(arm: ArmConfig, seed: int, splits: Splits, dist: DistInfo, logger,
         postfix["val"] = f"{val_loss:.3f}"
         return val_loss
 
-    logger.log(0, {"val/loss": run_eval(0), "tokens": 0, "time/elapsed_s": 0.0})
+    def save(step: int) -> str | None:
+        """Checkpoint after `step` (rank 0): metrics up to it are flushed to MLflow first."""
+        if checkpoints is None or not dist.is_main:
+            return None
+        logger.flush(wait=True)
+        result.tokens_seen, result.train_seconds = step * tokens_per_step, train_seconds
+        result.wall_seconds = wall_before + time.perf_counter() - wall_start
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(),
+                 "tokens": step * tokens_per_step, "finished": step == steps, "result": result.to_state(),
+                 **checkpoints.identity}
+        return str(save_checkpoint(checkpoints.folder, step, state, checkpoints.keep_last))
+
+    if resume is None:
+        logger.log(0, {"val/loss": run_eval(0), "tokens": 0, "time/elapsed_s": 0.0})
+    elif result.evals:
+        postfix["val"] = f"{result.evals[-1].val_loss:.3f}"
     model.train()
-    for step in range(1, steps + 1):
+    for step in range(start_step + 1, steps + 1):
         step_start = time.perf_counter()
         lr = lr_at((step - 1) * tokens_per_step, steps * tokens_per_step, o)
         for group in optimizer.param_groups:
@@ -205,9 +283,16 @@ def train_arm(arm: ArmConfig, seed: int, splits: Splits, dist: DistInfo, logger,
         optimizer.zero_grad(set_to_none=True)
         model.post_step()
 
-        log_now = step % t.log_every_steps == 0 or step == steps
+        checkpoint_now = checkpoints is not None and (
+            step == steps or _crossed(step, tokens_per_step, checkpoints.every_tokens))
+        log_now = step % t.log_every_steps == 0 or step == steps or checkpoint_now
         if log_now:  # the only host syncs of a step, and only on log steps
-            train_loss = (all_reduce_sum(loss_sum / local_accum, dist) / dist.world_size).item()
+            signal_seen = float(stop.signum) if stop is not None else 0.0
+            reduced = all_reduce_sum(torch.stack([loss_sum / local_accum,
+                                                  torch.tensor(signal_seen, device=runtime.device)]), dist)
+            train_loss, signum = (reduced[0] / dist.world_size).item(), int(reduced[1].item() > 0)
+            if signum:  # every rank stops at this same step
+                signum = stop.signum or 15
             if runtime.device.type == "cuda":
                 torch.cuda.synchronize(runtime.device)
         step_seconds = time.perf_counter() - step_start
@@ -243,9 +328,16 @@ def train_arm(arm: ArmConfig, seed: int, splits: Splits, dist: DistInfo, logger,
             bar.update(tokens_per_step)
             if metrics:
                 bar.set_postfix(postfix, refresh=False)
+        if log_now and signum:
+            path = save(step)
+            if bar is not None:
+                bar.close()
+            raise Preempted(signum, path)
+        if checkpoint_now:
+            save(step)
     if bar is not None:
         bar.close()
     result.tokens_seen = steps * tokens_per_step
     result.train_seconds = train_seconds
-    result.wall_seconds = time.perf_counter() - wall_start
+    result.wall_seconds = wall_before + time.perf_counter() - wall_start
     return result
