@@ -4,9 +4,13 @@ A corpus is found in this order: `data.path` in the YAML; the folder named by `D
 (default `~/.cache/datgpt`, which is also the download cache); a download from the corpus's public
 source, verified by its SHA-256 and cached there; else a `DataError` saying where to put the file.
 
+Larger corpora are tokenized once into uint16 token shards (`python -m training.data prepare ...`,
+training/shards.py) and memory-mapped: `data.shards` names a prepared folder, `data.hf` a Hugging Face
+dataset that is prepared into a cache folder on first use.
+
 Batches are a pure function of (seed, step, micro-batch index): both arms of a seed see the same
 windows in the same order, any world size sees the same global batch, and a resumed run needs no
-loader state beyond the step.
+loader state beyond the step (the step is the data position).
 """
 
 from __future__ import annotations
@@ -21,13 +25,8 @@ from pathlib import Path
 import torch
 
 from training.config import DataConfig
+from training.shards import DATA_DIR_ENV, DataError, ShardedTokens, data_dir  # noqa: F401 (re-exported)
 from training.tokenizer import encode
-
-DATA_DIR_ENV = "DATGPT_DATA_DIR"
-
-
-class DataError(RuntimeError):
-    """A corpus that cannot be found, read or used with the configured shapes."""
 
 
 @dataclass(frozen=True)
@@ -49,10 +48,6 @@ BUILTIN_CORPORA = {
         "6f9487a6fe5b420b7ca9afb0d7c078e37c1d1b4e/data/tinyshakespeare/input.txt",
         "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"),
 }
-
-
-def data_dir() -> Path:
-    return Path(os.environ.get(DATA_DIR_ENV) or Path.home() / ".cache" / "datgpt").expanduser()
 
 
 def _sha256(path: Path) -> str:
@@ -105,12 +100,17 @@ def resolve_corpus(cfg: DataConfig) -> Path:
     return path
 
 
+Tokens = torch.Tensor | ShardedTokens  # a 1-D token stream: int64 in memory, or memory-mapped shards
+
+
 @dataclass
 class Splits:
-    """Token ids of one corpus, split once: the last `val_fraction` is validation."""
+    """Token ids of one corpus, split once. A text corpus (`data.dataset`/`data.path`) is tokenized in memory
+    and its last `val_fraction` is validation; prepared shards (`data.shards`/`data.hf`) are memory-mapped,
+    validation being the folder's val shards. Both kinds have `.numel()`."""
 
-    train: torch.Tensor  # int64, 1-D
-    val: torch.Tensor
+    train: Tokens
+    val: Tokens
     source: Path
 
     @property
@@ -119,7 +119,9 @@ class Splits:
 
 
 def load_splits(cfg: DataConfig, tokenizer: str, context_length: int) -> Splits:
-    """Tokenize the corpus and split it, checking it holds at least one window of each split."""
+    """Load the configured corpus and split it, checking it holds at least one window of each split."""
+    if cfg.shards is not None or cfg.hf is not None:
+        return _load_shards(cfg, tokenizer, context_length)
     path = resolve_corpus(cfg)
     try:
         text = path.read_text(encoding="utf-8")
@@ -140,16 +142,53 @@ def load_splits(cfg: DataConfig, tokenizer: str, context_length: int) -> Splits:
     return Splits(train=tokens[: tokens.numel() - n_val], val=tokens[tokens.numel() - n_val:], source=path)
 
 
+def _load_shards(cfg: DataConfig, tokenizer: str, context_length: int) -> Splits:
+    from training import shards
+
+    if cfg.shards is not None:
+        label, folder = "data.shards", Path(cfg.shards).expanduser()
+    else:
+        label = "data.hf"
+        folder = shards.ensure_prepared(*hf_source(cfg))
+    opened = shards.open_folder(folder, label)
+    made_with = opened.manifest.get("settings", {}).get("tokenizer", tokenizer)
+    if made_with != tokenizer:
+        raise DataError(f"{label}: {folder} was tokenized with {made_with!r}, the experiment uses {tokenizer!r}")
+    window = context_length + 1
+    for split, tokens in (("training", opened.train), ("validation", opened.val)):
+        if tokens.numel() < window:
+            raise DataError(f"{label}: {folder} holds {tokens.numel()} {split} tokens, fewer than one window of "
+                            f"context_length+1={window}; lower model.context_length or prepare more tokens")
+    return Splits(train=opened.train, val=opened.val, source=folder)
+
+
+def hf_source(cfg: DataConfig):
+    """(HFSource, PrepareSettings) of a `data.hf` section: what the cache folder is keyed by."""
+    from training.shards import HFSource, PrepareSettings
+
+    hf = cfg.hf
+    source = HFSource(hf.name, hf.config, hf.split, tuple(hf.data_files) if hf.data_files else None,
+                      label="data.hf")
+    settings = PrepareSettings(text_field=hf.text_field, max_tokens=hf.max_tokens, val_tokens=hf.val_tokens,
+                               shard_tokens=hf.shard_tokens)
+    return source, settings
+
+
 class TrainBatches:
     """Random windows of the training tokens, a pure function of (seed, step, micro-batch index).
 
     Each optimizer step draws `micro_batch_size * grad_accum_steps` window offsets from a generator
     seeded by (seed, step); global micro-batch `i` takes rows [i*B, (i+1)*B). A process of rank r in a
-    world of W takes global micro-batches r*(A/W) ... (r+1)*(A/W)-1, so the global batch is the same
-    for every world size.
+    world of W takes global micro-batches r*(A/W) ... (r+1)*(A/W)-1 (`rank_micro_batches`): the ranks'
+    micro-batches are disjoint and together are the global batch, which is the same for every world size.
+    There is no loader state: the optimizer step is the data position, so a resumed run continues the
+    same order from its step alone. Windows are drawn with replacement, so a window can repeat.
+
+    `tokens` is an int64 tensor or memory-mapped shards (`ShardedTokens`); from shards only the drawn
+    windows are read, and windows may cross shard boundaries.
     """
 
-    def __init__(self, tokens: torch.Tensor, context_length: int, micro_batch_size: int,
+    def __init__(self, tokens: Tokens, context_length: int, micro_batch_size: int,
                  grad_accum_steps: int, seed: int):
         self.tokens = tokens
         self.T = context_length
@@ -170,15 +209,35 @@ class TrainBatches:
 
     def get(self, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
         offsets = self._step_offsets(step)[micro * self.B:(micro + 1) * self.B]
-        rows = self.tokens[offsets[:, None] + self._window]
+        if isinstance(self.tokens, torch.Tensor):
+            rows = self.tokens[offsets[:, None] + self._window]
+        else:
+            rows = torch.from_numpy(self.tokens.gather(offsets.numpy(), self.T + 1))
         return rows[:, :-1], rows[:, 1:]
 
 
-def val_windows(val: torch.Tensor, context_length: int, eval_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+def rank_micro_batches(rank: int, world_size: int, grad_accum_steps: int) -> range:
+    """The global micro-batch indices that process `rank` of `world_size` runs each step (as the trainer
+    does): consecutive blocks of A/W, disjoint across ranks and covering 0..A-1."""
+    if grad_accum_steps % world_size:
+        raise ValueError(f"grad_accum_steps {grad_accum_steps} is not divisible by {world_size} processes")
+    local = grad_accum_steps // world_size
+    return range(rank * local, (rank + 1) * local)
+
+
+def val_windows(val: Tokens, context_length: int, eval_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The fixed validation set: consecutive non-overlapping windows, at most `eval_tokens` targets."""
     T = context_length
     n = min((val.numel() - 1) // T, max(1, -(-eval_tokens // T)))
-    rows = val[: n * T + 1]
+    rows = val[: n * T + 1] if isinstance(val, torch.Tensor) else torch.from_numpy(val.read(0, n * T + 1))
     x = rows[:-1].view(n, T)
     y = rows[1:].view(n, T)
     return x, y
+
+
+if __name__ == "__main__":  # python -m training.data prepare ...: the shard tool of training/shards.py
+    import sys
+
+    from training.shards import main
+
+    sys.exit(main())
