@@ -23,7 +23,9 @@ import torch.nn as nn
 from .config import ModelConfig
 from .layers import (
     GeluMLP,
+    KVCache,
     LanguageModel,
+    LayerKV,
     RotaryEmbedding,
     SwiGLU,
     apply_rotary,
@@ -48,11 +50,14 @@ class CausalSelfAttention(nn.Module):
         else:
             self.q_norm = self.k_norm = None
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: LayerKV | None = None) -> torch.Tensor:
         q, k, v = split_qkv(self.qkv(x), self.n_heads)  # each [B, T, H, head_dim]
         if self.q_norm is not None:
             q, k = rms_norm_as_input(q, self.q_norm), rms_norm_as_input(k, self.k_norm)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:  # decoding: attend to the cached positions too
+            k, v = cache.update(k, v)
         y = causal_attention(q, k, v, scale=1.0 / math.sqrt(self.head_dim))
         return self.proj(y)
 
@@ -68,8 +73,9 @@ class Block(nn.Module):
         mlp_cls = SwiGLU if config.mlp == "swiglu" else GeluMLP
         self.mlp = mlp_cls(config.n_embd, config.hidden_dim)
 
-    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        h = h + self.attn(self.norm_attn(h), cos, sin)
+    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: LayerKV | None = None) -> torch.Tensor:
+        h = h + self.attn(self.norm_attn(h), cos, sin, cache)
         h = h + self.mlp(self.norm_mlp(h))
         return h
 
@@ -105,11 +111,14 @@ class GPT(LanguageModel):
             nn.init.normal_(block.attn.proj.weight, mean=0.0, std=residual_std)
             nn.init.normal_(block.mlp.proj.weight, mean=0.0, std=residual_std)
 
-    def logits(self, idx: torch.Tensor) -> torch.Tensor:
+    def logits(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         h = self.wte(idx)
-        cos, sin = self.rotary(idx.shape[1])
-        for block in self.blocks:
-            h = block(h, cos, sin)
+        start = cache.length if cache is not None else 0
+        cos, sin = self.rotary(idx.shape[1], start)
+        for i, block in enumerate(self.blocks):
+            h = block(h, cos, sin, cache.layers[i] if cache is not None else None)
+        if cache is not None:
+            cache.length += idx.shape[1]
         return self.lm_head(self.norm_f(h))
 
     def optimizer_groups(self, weight_decay: float) -> list[dict]:

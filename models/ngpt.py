@@ -50,7 +50,7 @@ import torch
 import torch.nn as nn
 
 from .config import ModelConfig
-from .layers import LanguageModel, RotaryEmbedding, apply_rotary, causal_attention, silu_gate
+from .layers import KVCache, LanguageModel, LayerKV, RotaryEmbedding, apply_rotary, causal_attention, silu_gate
 
 
 def l2_normalize(x: torch.Tensor, eps: float, dim: int = -1) -> torch.Tensor:
@@ -104,7 +104,8 @@ class NormalizedAttention(nn.Module):
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=False)  # W_o, columns unit-norm
         self.s_qk = ScaledVector(config.n_embd, config.s_qk_init, config.resolved_scale("s_qk"))
 
-    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: LayerKV | None = None) -> torch.Tensor:
         B, T, C = h.shape
         qkv = self.qkv(h).view(B, T, 3, self.n_heads, self.head_dim)
         qk, v = qkv[:, :, :2], qkv[:, :, 2]  # q and k handled together: same RoPE, Norm and s_qk
@@ -113,6 +114,8 @@ class NormalizedAttention(nn.Module):
         s_qk = self.s_qk().view(self.n_heads, self.head_dim).to(qk.dtype)
         qk = l2_normalize(qk, self.eps) * s_qk
         q, k = qk.unbind(dim=2)
+        if cache is not None:  # decoding: k is cached after Norm and s_qk (both per token), so exact
+            k, v = cache.update(k, v)
         # softmax scale sqrt(d_k) instead of 1/sqrt(d_k): q.k is a cosine times s_qk^2 (Sec. 2.3.2)
         y = causal_attention(q, k, v, scale=math.sqrt(self.head_dim))
         return self.proj(y)
@@ -155,8 +158,9 @@ class NGPTBlock(nn.Module):
         self.alpha_attn = ScaledVector(config.n_embd, config.alpha_attn_init, config.resolved_scale("alpha_attn"))
         self.alpha_mlp = ScaledVector(config.n_embd, config.alpha_mlp_init, config.resolved_scale("alpha_mlp"))
 
-    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        h_a = l2_normalize(self.attn(h, cos, sin), self.eps)  # h_A = Norm(Attn(h))
+    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: LayerKV | None = None) -> torch.Tensor:
+        h_a = l2_normalize(self.attn(h, cos, sin, cache), self.eps)  # h_A = Norm(Attn(h))
         h = l2_normalize(h + self.alpha_attn() * (h_a - h), self.eps)  # h <- Norm(h + alpha_A (h_A - h))
         h_m = l2_normalize(self.mlp(h), self.eps)  # h_M = Norm(MLP(h))
         h = l2_normalize(h + self.alpha_mlp() * (h_m - h), self.eps)  # h <- Norm(h + alpha_M (h_M - h))
@@ -255,11 +259,14 @@ class NGPT(LanguageModel):
             torch._foreach_div_(params, norms)
 
     # ------------------------------------------------------------------------------------------
-    def logits(self, idx: torch.Tensor) -> torch.Tensor:
+    def logits(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         h = self.wte(idx)  # h_0: rows of E_input, already unit-norm
-        cos, sin = self.rotary(idx.shape[1])
-        for block in self.blocks:
-            h = block(h, cos, sin)
+        start = cache.length if cache is not None else 0
+        cos, sin = self.rotary(idx.shape[1], start)
+        for i, block in enumerate(self.blocks):
+            h = block(h, cos, sin, cache.layers[i] if cache is not None else None)
+        if cache is not None:
+            cache.length += idx.shape[1]
         z = self.lm_head(h)  # z = E_output h, no final norm layer (h is unit-norm)
         return z * self.s_z().to(z.dtype)  # z <- z s_z (Sec. 2.1)
 

@@ -124,6 +124,8 @@ class OptimConfig:
 class TrackingConfig:
     experiment: str | None = None  # MLflow experiment name; None uses the experiment's `name`
     run_name: str | None = None  # name of the parent run; None gives "<name>-<timestamp>"
+    log_models: bool = True  # log each child run's final model in MLflow's PyTorch flavour (artifact `model`)
+    log_samples: bool = True  # log text sampled from fixed prompts at the end of each child run (samples/samples.txt)
 
 
 @dataclass
@@ -142,6 +144,10 @@ class ArmConfig:
     model: ModelConfig
     train: TrainConfig
     optim: OptimConfig
+    # start from these weights instead of a fresh init (fresh optimizer and schedule): a checkpoint file,
+    # an arm's checkpoint folder, EXPERIMENT/ARM[-seedN] under checkpoint.dir, or an MLflow child run id.
+    # Resolved when the run starts (training/pretrained.py), not when the YAML is loaded.
+    init_from: str | None = None
 
     def tokens_per_step(self) -> int:
         return self.train.micro_batch_size * self.train.grad_accum_steps * self.model.context_length
@@ -204,11 +210,16 @@ def _hash(tree: dict[str, Any]) -> str:
 
 
 def arm_to_dict(arm: ArmConfig) -> dict[str, Any]:
-    return {
+    """The arm as plain data (logged as params and hashed). `init_from` appears only when set, so
+    the hashes of arms without it are the ones they had before the key existed."""
+    out = {
         "model": dataclasses.asdict(arm.model),
         "train": dataclasses.asdict(arm.train),
         "optim": dataclasses.asdict(arm.optim),
     }
+    if arm.init_from is not None:
+        out["init_from"] = arm.init_from
+    return out
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -226,6 +237,7 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 # ----------------------------------------------------------------------------- typed conversion
 
 SHARED_SECTIONS = {"model": ModelConfig, "train": TrainConfig, "optim": OptimConfig}
+ARM_KEYS = (*SHARED_SECTIONS, "init_from")  # what an arm may set
 TOP_LEVEL_KEYS = {"name", "seeds", "data", "tokenizer", "model", "train", "optim", "arms", "targets", "tracking",
                   "checkpoint"}
 CHOICES = {
@@ -466,9 +478,13 @@ def build_experiment(raw: dict, source: str = "") -> ExperimentConfig:
         if not isinstance(arm_raw, dict):
             raise ConfigError(f"arms.{arm_name}: expected a mapping with model/train/optim, got {arm_raw!r}")
         for key in arm_raw:
-            if key not in SHARED_SECTIONS:
-                raise ConfigError(f"arms.{arm_name}.{key}: unknown key (an arm overrides only "
-                                  f"{', '.join(SHARED_SECTIONS)})")
+            if key not in ARM_KEYS:
+                raise ConfigError(f"arms.{arm_name}.{key}: unknown key (an arm sets only "
+                                  f"{', '.join(ARM_KEYS)})")
+        init_from = _convert(arm_raw.get("init_from"), str | None, f"arms.{arm_name}.init_from")
+        if init_from is not None and not init_from.strip():
+            raise ConfigError(f"arms.{arm_name}.init_from: must be a checkpoint path, EXPERIMENT/ARM or an "
+                              f"MLflow run id, or null")
 
         def path_of(section: str, key: str, _arm=arm_name, _raw=arm_raw) -> str:
             own = isinstance(_raw.get(section), dict) and key in _raw[section]
@@ -488,7 +504,7 @@ def build_experiment(raw: dict, source: str = "") -> ExperimentConfig:
                 if len(parts) >= 2 and parts[0] == section:
                     key_path = path_of(section, parts[1]) + "".join("." + p for p in parts[2:])
                 raise ConfigError(f"{key_path}:{rest}") from None
-        arm = ArmConfig(name=arm_name, **built)
+        arm = ArmConfig(name=arm_name, **built, init_from=init_from.strip() if init_from else None)
         if arm.model.vocab_size < TOKENIZER_VOCAB[tokenizer]:
             raise ConfigError(f"{path_of('model', 'vocab_size')}: {arm.model.vocab_size} is smaller than the "
                               f"{tokenizer} tokenizer's {TOKENIZER_VOCAB[tokenizer]} tokens")

@@ -6,10 +6,19 @@ picks it up automatically (or `--resume [PARENT_RUN_ID|FOLDER]` names one): arms
 not trained again, an interrupted arm continues from its last checkpoint in the same MLflow child
 run, and the rest start fresh under the same parent run. A checkpoint written under another config
 is refused unless `--force`.
+
+Fine-tuning: an arm with `init_from` starts from a pretrained checkpoint's weights (fresh optimizer and
+schedule). The spec is resolved and checked against the arm's model for every seed before anything is
+logged (training/pretrained.py); the child run records the lineage in `datgpt.init_from*` tags.
+
+When a child run ends, rank 0 tags it with its final checkpoint (`datgpt.checkpoint`, which makes the run
+id usable as an `init_from`), logs text sampled from fixed prompts (`samples/samples.txt`, if
+`tracking.log_samples`) and the model in MLflow's PyTorch flavour (artifact `model`, if `tracking.log_models`).
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import tempfile
 import time
@@ -17,10 +26,12 @@ from pathlib import Path
 
 import torch
 
-from training.checkpoint import CheckpointError, Invocation, check_writable, find_unfinished, load_latest
+from training.checkpoint import (CheckpointError, Invocation, check_writable, checkpoints_in, find_unfinished,
+                                 load_latest)
 from training.config import ArmConfig, ExperimentConfig, flatten
 from training.data import Splits
 from training.distributed import DistInfo, barrier
+from training.pretrained import TAG_CHECKPOINT, Pretrained, PretrainedError, check_model, resolve
 from training.summary import format_table, summary_frame
 from training.tracking import (MLFLOW_PARENT_TAG, TAG_ARM, TAG_BASELINE, TAG_CONFIG_HASH, TAG_FAILURE,
                                TAG_GIT_COMMIT, TAG_KIND, TAG_ROLE, TAG_SEED, TAG_TARGETS, NullLogger, Tracker,
@@ -65,6 +76,25 @@ def _check_resumable(cfg: ExperimentConfig, invocation: Invocation, force: bool)
                     f"resume it anyway with --force, or start fresh with --no-resume")
 
 
+def _resolve_init_from(cfg: ExperimentConfig, invocation: Invocation | None) -> dict[tuple[str, int], Pretrained]:
+    """The pretrained checkpoint of every (arm, seed) with `init_from`, checked against the arm's model;
+    (arm, seed) pairs that will resume from a checkpoint of their own are left out."""
+    found = {}
+    for arm in cfg.arms:
+        if arm.init_from is None:
+            continue
+        for seed in cfg.seeds:
+            if invocation is not None and checkpoints_in(invocation.arm_folder(arm.name, seed)):
+                continue  # resumes: its weights come from its own checkpoint
+            try:
+                pretrained = resolve(arm.init_from, cfg.checkpoint.dir, arm.name, seed)
+                check_model(pretrained, arm.model)
+            except PretrainedError as err:
+                raise UsageError(f"arms.{arm.name}.init_from: {err}") from None
+            found[(arm.name, seed)] = pretrained
+    return found
+
+
 def _child_params(cfg: ExperimentConfig, arm: ArmConfig, seed: int, runtime, peak, dist: DistInfo) -> dict:
     resolved = cfg.to_dict()
     return {**flatten(resolved["arms"][arm.name]), **flatten({"data": resolved["data"]}),
@@ -100,6 +130,7 @@ def run_experiment(cfg: ExperimentConfig, splits: Splits, dist: DistInfo, *, pro
                 raise UsageError(str(err)) from None
     elif resume not in ("auto", "never"):
         raise UsageError("--resume: checkpoint.enabled is false in this experiment, so there is nothing to resume")
+    init_sources = _resolve_init_from(cfg, invocation)  # every rank: each loads the weights it starts from
     barrier(dist)  # every rank has decided the same before rank 0 creates anything
 
     tracker = parent_id = experiment_id = None
@@ -151,6 +182,7 @@ def run_experiment(cfg: ExperimentConfig, splits: Splits, dist: DistInfo, *, pro
                 if peak is None and runtime.device.type == "cuda":
                     peak = peak_cache.setdefault("measured", measure_peak_flops(runtime.device))
                 logger, child_id, plan = NullLogger(), None, None
+                pretrained = init_sources.get((arm.name, seed)) if state is None else None
                 if dist.is_main:
                     if state is not None:
                         child_id = state["run_id"]
@@ -160,7 +192,8 @@ def run_experiment(cfg: ExperimentConfig, splits: Splits, dist: DistInfo, *, pro
                         child_id = tracker.start_run(
                             experiment_id, f"{arm.name}-seed{seed}",
                             tags={MLFLOW_PARENT_TAG: parent_id, TAG_ROLE: "child", TAG_ARM: arm.name,
-                                  TAG_SEED: str(seed), TAG_KIND: arm.model.kind},
+                                  TAG_SEED: str(seed), TAG_KIND: arm.model.kind,
+                                  **(pretrained.tags() if pretrained is not None else {})},
                             params=_child_params(cfg, arm, seed, runtime, peak, dist))
                     logger = tracker.logger(child_id)
                     if invocation is not None:
@@ -170,8 +203,11 @@ def run_experiment(cfg: ExperimentConfig, splits: Splits, dist: DistInfo, *, pro
                             identity={"config_hash": cfg.arm_hash(arm, seed), "run_id": child_id,
                                       "parent_run_id": parent_id, "arm": arm.name, "seed": seed})
                 try:
+                    if pretrained is not None and dist.is_main:
+                        print(f"{arm.name} seed {seed}: starting from {pretrained.path} (step {pretrained.step})")
                     result = train_arm(arm, seed, splits, dist, logger, runtime=runtime, peak_flops=peak,
-                                       progress=progress, checkpoints=plan, resume=state, stop=stop)
+                                       progress=progress, checkpoints=plan, resume=state, stop=stop,
+                                       init_state=pretrained.weights() if pretrained is not None else None)
                 except TrainingDiverged as err:  # this arm stops; the others still run
                     if dist.is_main:
                         print(f"\nwarning: {err}; run marked FAILED", file=sys.stderr)
@@ -191,6 +227,10 @@ def run_experiment(cfg: ExperimentConfig, splits: Splits, dist: DistInfo, *, pro
                 except BaseException:
                     _close(logger, "KILLED" if isinstance(sys.exc_info()[1], KeyboardInterrupt) else "FAILED")
                     raise
+                if dist.is_main:
+                    logger.flush(wait=True)  # the final metrics are in the run before the model links to them
+                    _end_of_run(tracker, cfg, arm, seed, result, child_id, experiment_id, plan, runtime)
+                result.model = None  # results outlive the loop: keep no model (or GPU memory) in them
                 _close(logger, "FINISHED")
                 results.append(result)
     except KeyboardInterrupt:
@@ -219,6 +259,70 @@ def run_experiment(cfg: ExperimentConfig, splits: Splits, dist: DistInfo, *, pro
         print(f"\nFigures and tables: python -m analysis figures --experiment {cfg.experiment_name}   "
               f"Runs: mlflow ui")
     return 0
+
+
+def _end_of_run(tracker: Tracker, cfg: ExperimentConfig, arm: ArmConfig, seed: int, result: ArmResult,
+                run_id: str, experiment_id: str, plan: CheckpointPlan | None, runtime) -> None:
+    """Rank 0, after a child run trained to the end: its checkpoint tag, samples and model. Failures
+    here are warnings: the run itself is complete in MLflow and in its checkpoint."""
+    if plan is not None and checkpoints_in(plan.folder):
+        try:
+            tracker.set_tag(run_id, TAG_CHECKPOINT, str(checkpoints_in(plan.folder)[-1].resolve()))
+        except Exception as err:
+            print(f"warning: {arm.name} seed {seed}: could not tag the run with its checkpoint "
+                  f"({type(err).__name__})", file=sys.stderr)
+    model = result.model
+    if model is None:
+        return
+    if cfg.tracking.log_samples:
+        try:
+            from training.sample import sample_report
+
+            text = sample_report(model, cfg.tokenizer, runtime.device, runtime.autocast,
+                                 header=f"{arm.name} seed {seed}, {result.tokens_seen:,} tokens trained")
+            tracker.log_text(run_id, text, "samples/samples.txt")
+        except Exception as err:
+            print(f"warning: {arm.name} seed {seed}: could not log samples ({type(err).__name__}: {err})",
+                  file=sys.stderr)
+    if cfg.tracking.log_models:
+        try:
+            log_model(tracker, experiment_id, run_id, model, step=arm.steps())
+        except Exception as err:
+            print(f"warning: {arm.name} seed {seed}: could not log the model to MLflow ({type(err).__name__}: "
+                  f"{err}); its checkpoint has the weights", file=sys.stderr)
+
+
+def log_model(tracker: Tracker, experiment_id: str, run_id: str, model, step: int = 0) -> str:
+    """Log `model` to run `run_id` in MLflow's PyTorch flavour as artifact `model`; returns its model URI.
+
+    A clean float32 CPU copy is logged (no compile/DDP wrappers, loadable without a GPU), pickled
+    (the default `pt2` format would export a fixed-shape graph without `generate`), with the `models`
+    package shipped in the artifact (`code_paths`), so `mlflow.pytorch.load_model("runs:/<id>/model")`
+    works in a fresh process with torch installed, datgpt or not. The pip requirements are given
+    (torch, cloudpickle) rather than inferred, which would load the model again in a subprocess.
+    """
+    import cloudpickle
+    import mlflow.pytorch
+
+    from models import build_model
+
+    clean = build_model(model.config)
+    clean.load_state_dict({k: v.detach().float().cpu() for k, v in model.state_dict().items()})
+    clean.eval()
+    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"cloudpickle=={cloudpickle.__version__}"]
+    # MLflow 3: a LoggedModel created in the run's experiment (log_model given only run_id would put it in
+    # the active experiment, the default one here), and `name=` (2.x's artifact_path is deprecated).
+    logged = tracker.client.create_logged_model(experiment_id, name="model", source_run_id=run_id)
+    quiet = logging.getLogger("mlflow.pytorch")  # its warning about pickled models, once per run
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        info = mlflow.pytorch.log_model(clean, name="model", run_id=run_id, model_id=logged.model_id, step=step,
+                                        serialization_format="pickle", pip_requirements=requirements,
+                                        code_paths=[str(PROJECT_DIR / "models")])
+    finally:
+        quiet.setLevel(level)
+    return info.model_uri
 
 
 def _close(logger, status: str) -> None:

@@ -124,6 +124,7 @@ class ArmResult:
     wall_seconds: float = 0.0
     n_params: int = 0
     status: str = "FINISHED"
+    model: object = field(default=None, repr=False, compare=False)  # the trained module (not checkpointed)
 
     @property
     def final_val_loss(self) -> float:
@@ -183,8 +184,11 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, batch_size: int, runtime: 
 def train_arm(arm: ArmConfig, seed: int, splits: Splits, dist: DistInfo, logger, *,
               runtime: Runtime | None = None, peak_flops: float | None = None, progress: bool = True,
               checkpoints: CheckpointPlan | None = None, resume: dict | None = None,
-              stop: StopFlag | None = None) -> ArmResult:
+              stop: StopFlag | None = None, init_state: dict | None = None) -> ArmResult:
     """Train one arm with one seed, from scratch or from a checkpoint's `resume` state.
+
+    `init_state` (a model state dict, e.g. a pretrained checkpoint's "model") replaces the fresh
+    initialization (fine-tuning: new optimizer, new schedule, step 0); `resume` takes precedence.
 
     Logs to `logger`; writes checkpoints per `checkpoints` (rank 0); stops with `Preempted` after a
     checkpoint when `stop` is set, and with `TrainingDiverged` (before any checkpoint of that step)
@@ -201,6 +205,8 @@ def train_arm(arm: ArmConfig, seed: int, splits: Splits, dist: DistInfo, logger,
 
     torch.manual_seed(seed)
     model = build_model(arm.model).to(runtime.device)
+    if init_state is not None and resume is None:
+        model.load_state_dict(init_state)
     result = ArmResult(arm=arm.name, seed=seed, n_params=model.num_params())
     flops_per_token = model.flops_per_token(arm.model.context_length)
     optimizer = torch.optim.AdamW(model.optimizer_groups(o.weight_decay), lr=o.lr, betas=(o.beta1, o.beta2),
@@ -252,6 +258,7 @@ def train_arm(arm: ArmConfig, seed: int, splits: Splits, dist: DistInfo, logger,
         result.wall_seconds = wall_before + time.perf_counter() - wall_start
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(),
                  "tokens": step * tokens_per_step, "finished": step == steps, "result": result.to_state(),
+                 "model_config": asdict(arm.model),
                  **checkpoints.identity}
         return str(save_checkpoint(checkpoints.folder, step, state, checkpoints.keep_last))
 
@@ -340,4 +347,5 @@ def train_arm(arm: ArmConfig, seed: int, splits: Splits, dist: DistInfo, logger,
     result.tokens_seen = steps * tokens_per_step
     result.train_seconds = train_seconds
     result.wall_seconds = wall_before + time.perf_counter() - wall_start
+    result.model = model
     return result
