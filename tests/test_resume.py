@@ -112,7 +112,7 @@ def _assert_same_curves(resumed: dict, reference: dict) -> None:
 
 def test_sigkill_at_a_random_step_then_resume_gives_the_same_curve(tmp_path, uninterrupted, data_dir):
     write_yaml(tmp_path)
-    kill_at = random.Random().randint(3, 20)  # of 24 steps per arm
+    kill_at = random.Random().randint(3, 16)  # of 24 steps per arm (margin: the kill lands a step or two later)
     proc = start(tmp_path)
     wait_for_checkpoint(tmp_path, "ngpt", kill_at, proc)
     proc.send_signal(signal.SIGKILL)
