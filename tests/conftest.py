@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -24,3 +25,12 @@ def data_dir() -> Path:
     if not (path / "the-verdict.txt").is_file():
         pytest.fail("DATGPT_DATA_DIR must point at a folder holding the-verdict.txt (e.g. ../shared/data)")
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread, and it keeps tests robust to a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

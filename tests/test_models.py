@@ -18,13 +18,7 @@ from models.layers import RotaryEmbedding
 from models.ngpt import l2_normalize
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and it keeps the suite robust to a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(kind: str = "gpt", **overrides) -> ModelConfig:
