@@ -63,7 +63,12 @@ TAG_ARM = "datgpt.arm"
 TAG_SEED = "datgpt.seed"
 TAG_MODEL_KIND = "datgpt.model_kind"
 TAG_PARENT = "mlflow.parentRunId"
+TAG_STAGE = "datgpt.sweep_stage"  # lr_search | main (sweeps)
+TAG_METHOD = "datgpt.budget_method"  # full | cooldown (sweeps)
+TAG_LR_SELECTED = "datgpt.lr_selected"  # on lr_search runs: true | false
+TAG_BRANCH_OF = "datgpt.branch_of"
 PARAM_BUDGET = "train.tokens"
+PARAM_LR = "optim.lr"
 PARAM_CONTEXT = "model.context_length"
 METRIC_TOKENS = "tokens"
 METRIC_ELAPSED = "time/elapsed_s"
@@ -95,6 +100,9 @@ RUN_COLUMNS = [
     "status",
     "start_time",
     "run_name",
+    "lr",
+    "method",
+    "branch_of",
 ]
 
 
@@ -121,6 +129,12 @@ class ExperimentData:
     ``runs`` has one row per kept child run. ``targets`` / ``baseline_arm`` come from the parent
     run tags (the most recent parent first). ``skipped`` lists ``(run_id, reason)`` of the runs
     left out.
+
+    Sweeps: ``frame`` holds one budget method (``full`` runs when there are any, else ``cooldown``
+    runs); when an invocation ran both, ``cooldown_frame`` holds the cooldown runs, for the
+    comparison. Learning rates the search did not choose are not in ``frame``; ``lr_search`` has
+    every search run's final validation loss with the choice re-derived
+    (:func:`analysis.sweeps.select_lr`), or is None without a search.
     """
 
     experiment: str
@@ -132,6 +146,8 @@ class ExperimentData:
     targets: list[float]
     baseline_arm: str
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    cooldown_frame: pd.DataFrame | None = None
+    lr_search: pd.DataFrame | None = None
 
     @property
     def arms(self) -> list[str]:
@@ -402,20 +418,22 @@ def load_experiment(
             continue
         kept.append(r)
 
+    lr_search = _lr_search_table(children)
+    kept = [r for r in kept if r.data.tags.get(TAG_LR_SELECTED) != "false"]  # grid runs not chosen
+    methods = {r.data.tags.get(TAG_METHOD, "full") for r in kept}
+    cooldown_runs = []
+    if methods == {"full", "cooldown"}:
+        cooldown_runs = _dedupe([r for r in kept if r.data.tags.get(TAG_METHOD) == "cooldown"], skipped)
+        kept = [r for r in kept if r.data.tags.get(TAG_METHOD, "full") == "full"]
     kept = _dedupe(kept, skipped)
     if not kept:
         where = f" under parent run {parent_run_id}" if parent_run_id else ""
         detail = f" ({len(skipped)} skipped: see warnings)" if skipped else ""
         raise NoRunsError(f"experiment {experiment!r} has no usable child runs{where}{detail}")
 
-    frames: list[pd.DataFrame] = []
     run_rows: list[dict[str, Any]] = []
-    for r in kept:
-        info = _run_meta(r)
-        run_rows.append(info)
-        frames.append(_run_frame(client, r, info, experiment, metrics))
-    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=FRAME_COLUMNS)
-    frame = _typed_frame(frame)
+    frame = _frames(client, kept, experiment, metrics, run_rows)
+    cooldown_frame = _frames(client, cooldown_runs, experiment, metrics, []) if cooldown_runs else None
     runs = pd.DataFrame(run_rows, columns=RUN_COLUMNS)
     for col in ("seed", "budget", "context_length"):
         runs[col] = pd.array(runs[col].tolist(), dtype="Int64")
@@ -451,7 +469,36 @@ def load_experiment(
         targets=targets,
         baseline_arm=baseline,
         skipped=skipped,
+        cooldown_frame=cooldown_frame,
+        lr_search=lr_search,
     )
+
+
+def _frames(client: "MlflowClient", runs: list["Run"], experiment: str, metrics: list[str] | None,
+            run_rows: list[dict[str, Any]]) -> pd.DataFrame:
+    frames = []
+    for r in runs:
+        info = _run_meta(r)
+        run_rows.append(info)
+        frames.append(_run_frame(client, r, info, experiment, metrics))
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=FRAME_COLUMNS)
+    return _typed_frame(frame)
+
+
+def _lr_search_table(runs: list["Run"]) -> pd.DataFrame | None:
+    """Every learning-rate search run's final validation loss, with the choice re-derived (a run that
+    failed, e.g. diverged, counts as diverged; the newest run of each (arm, budget, lr, seed) is used)."""
+    from analysis.sweeps import select_lr
+
+    newest: dict[tuple, dict] = {}
+    for r in sorted(runs, key=lambda r: r.info.start_time or 0):
+        if r.data.tags.get(TAG_STAGE) != "lr_search" or r.info.status == "RUNNING":
+            continue
+        m = _run_meta(r)
+        loss = r.data.metrics.get(METRIC_VAL_LOSS, math.nan) if r.info.status == "FINISHED" else math.nan
+        newest[(m["arm"], m["budget"], m["lr"], m["seed"])] = {
+            "arm": m["arm"], "budget": m["budget"], "lr": m["lr"], "seed": m["seed"], "final_val_loss": loss}
+    return select_lr(list(newest.values())) if newest else None
 
 
 def _choose_parent(wanted: str, parents: dict[str, ParentInfo], experiment: str) -> str:
@@ -498,7 +545,17 @@ def _run_meta(r: "Run") -> dict[str, Any]:
         status=r.info.status,
         start_time=r.info.start_time,
         run_name=tags.get("mlflow.runName"),
+        lr=_parse_float(params.get(PARAM_LR)),
+        method=tags.get(TAG_METHOD, "full"),
+        branch_of=tags.get(TAG_BRANCH_OF),
     )
+
+
+def _parse_float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def _dedupe(runs: list["Run"], skipped: list[tuple[str, str]]) -> list["Run"]:

@@ -44,6 +44,8 @@ class Report:
     targets: list[float] = field(default_factory=list)
     baseline_arm: str = ""
     data: ExperimentData | None = field(default=None, repr=False)
+    lr_search: pd.DataFrame | None = None  # the learning-rate search with the choice (analysis.sweeps.select_lr)
+    cooldown_vs_full: pd.DataFrame | None = None  # analysis.sweeps.compare_methods, when both methods ran
 
 
 def default_out_dir(experiment: str) -> Path:
@@ -124,6 +126,71 @@ def _provenance(data: ExperimentData, report: Report, mode: str, level: float,
     }
 
 
+def _sweep_outputs(data: ExperimentData, summary: pd.DataFrame, report: Report, out_dir: Path, figures: bool,
+                   level: float, n_resamples: int, seed: int) -> list[Path]:
+    """The learning-rate search table and figure, and the cooldown-versus-full comparison."""
+    from analysis.sweeps import compare_methods
+    from analysis.tables import write_lr_tables
+
+    written: list[Path] = []
+    attempts = []
+    if data.lr_search is not None:
+        report.lr_search = data.lr_search
+        written += write_lr_tables(data.lr_search, out_dir)
+        attempts.append(("lr_search", "fig_lr_search", (data.lr_search,)))
+    if data.cooldown_frame is not None:
+        cooldown = summarize(data.cooldown_frame, data.targets, data.baseline_arm, mode="budget", level=level,
+                             n_resamples=n_resamples, seed=seed)
+        full = summary if (summary.empty or (summary["mode"] == "budget").all()) else summarize(
+            data.frame, data.targets, data.baseline_arm, mode="budget", level=level, n_resamples=n_resamples,
+            seed=seed)
+        if not full.empty and not cooldown.empty:
+            report.cooldown_vs_full = compare_methods(full, cooldown)
+            path = out_dir / "cooldown_vs_full.csv"
+            report.cooldown_vs_full.to_csv(path, index=False)
+            written.append(path)
+    attempts.append(("cooldown_vs_full", "fig_cooldown_vs_full",
+                     (data.frame, data.cooldown_frame, data.targets)))
+    if figures:
+        from analysis import sweep_figures
+        from analysis.figures import NotApplicable, arm_styles, save_figure, style_context
+
+        styles = arm_styles(data.arms, data.baseline_arm)
+        for stem, name, args in attempts:
+            try:
+                with style_context():
+                    fig = getattr(sweep_figures, name)(*args, styles)
+                written += save_figure(fig, out_dir, stem)
+            except NotApplicable as exc:
+                report.skipped_figures.append((stem, str(exc)))
+    return written
+
+
+def _diagnostic_figures(data: ExperimentData, out_dir: Path) -> list[Path]:
+    """The hypersphere diagnostics figures (analysis/diagnostics.py) from each arm's
+    ``diagnostics/final.json``: the run with the largest budget and the smallest seed of each arm."""
+    from mlflow.tracking import MlflowClient
+
+    from analysis.diagnostics import diagnostics_figures, load_diagnostics
+
+    client = MlflowClient(tracking_uri=data.tracking_uri)
+    dists: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for arm in data.arms:
+            runs = data.runs[data.runs["arm"] == arm].sort_values(["budget", "seed"], ascending=[False, True],
+                                                                   na_position="last")
+            for run_id in runs["run_id"]:
+                try:
+                    path = client.download_artifacts(run_id, "diagnostics/final.json", folder)
+                    dists[arm] = load_diagnostics(path)
+                    break
+                except Exception:  # noqa: BLE001 - runs from before diagnostics, or logged without them
+                    continue
+        if not dists:
+            return []
+    return diagnostics_figures(dists, out_dir, baseline_arm=data.baseline_arm)
+
+
 def build_report(
     experiment: str,
     out_dir: Path,
@@ -170,6 +237,9 @@ def build_report(
             written += figs.written
             report.skipped_figures = figs.skipped
         written += write_tables(summary, tmp, experiment=experiment)
+        written += _sweep_outputs(data, summary, report, tmp, figures, level, n_resamples, seed)
+        if figures:
+            written += _diagnostic_figures(data, tmp)
         prov = tmp / "report.json"
         prov.write_text(json.dumps(_provenance(data, report, mode, level, n_resamples, seed),
                                    indent=2, default=str) + "\n", encoding="utf-8")

@@ -12,7 +12,8 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["display_frame", "format_summary", "to_markdown", "to_latex", "write_tables"]
+__all__ = ["display_frame", "format_summary", "to_markdown", "to_latex", "write_tables", "format_lr_table",
+           "write_lr_tables"]
 
 NOT_REACHED = "n.r."
 
@@ -251,3 +252,29 @@ def write_tables(summary: pd.DataFrame, out_dir: Path, *, experiment: str | None
     md.write_text(to_markdown(summary), encoding="utf-8")
     tex.write_text(to_latex(summary, experiment=experiment), encoding="utf-8")
     return [csv, md, tex]
+
+
+def format_lr_table(table: pd.DataFrame) -> str:
+    """A learning-rate search (:func:`analysis.sweeps.select_lr`) as Markdown: one row per (arm,
+    budget, lr), the chosen rate marked ``*`` (``*!`` when it is at the end of its grid)."""
+    lines = ["| arm | budget | lr | final val loss | seeds | diverged | chosen |",
+             "|---|---:|---:|---:|---:|---:|:---:|"]
+    for row in table.itertuples():
+        loss = _loss(row.final_val_loss)
+        if math.isfinite(_f(row.final_val_loss_std)):
+            loss += f" \u00b1 {_f(row.final_val_loss_std):.3f}"
+        mark = ("*!" if row.at_edge else "*") if row.chosen else ""
+        lines.append(f"| {row.arm} | {_tokens(row.budget)} | {_f(row.lr):g} | {loss} | {row.n_seeds} | "
+                     f"{row.n_failed} | {mark} |")
+    return "\n".join(lines)
+
+
+def write_lr_tables(table: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """``lr_search.csv`` (every column) and ``lr_search.md``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv, md = out_dir / "lr_search.csv", out_dir / "lr_search.md"
+    table.to_csv(csv, index=False)
+    md.write_text(format_lr_table(table) + "\n\n`*` chosen (lowest mean final validation loss); `*!` chosen at the "
+                  "end of its grid: the optimum may lie outside it.\n", encoding="utf-8")
+    return [csv, md]

@@ -69,6 +69,23 @@ def test_numbers_in_any_yaml_spelling(tmp_path):
     assert [a.name for a in only.arms] == ["ngpt"] and only.seeds == [3]
 
 
+def test_cooldown_needs_checkpoints():
+    raw = with_change("sweep.method", "both")
+    raw["checkpoint"] = {"enabled": False}
+    with pytest.raises(ConfigError, match="^sweep.method: both branches the cooldowns from checkpoints"):
+        build_experiment(raw)
+
+
+def test_sweep_and_baseline_parse():
+    raw = with_change("sweep", {"budgets": [1024, 512], "lr": {"ngpt": [3e-3, 1e-3]}, "lr_budget": "each"})
+    raw["baseline"] = "ngpt"
+    cfg = build_experiment(raw)
+    assert cfg.sweep.budgets == [512, 1024] and cfg.sweep.lr == {"ngpt": [1e-3, 3e-3]}
+    assert cfg.sweep.lr_budget == "each" and cfg.baseline_arm == "ngpt"
+    assert cfg.to_dict()["sweep"]["budgets"] == [512, 1024]
+    assert "sweep" not in build_experiment(copy.deepcopy(BASE)).to_dict()  # old config hashes unchanged
+
+
 def test_shipped_experiments_load():
     for path in sorted((ROOT / "experiments").glob("*.yaml")):
         cfg = load_experiment(path)
@@ -115,7 +132,26 @@ BAD = [
     (("train", [1, 2]), "train: expected a mapping"),
     (("model.vocab_size", 1000), "model.vocab_size: 1000 is smaller than the gpt2 tokenizer's 50257 tokens"),
     (("model.tied_embeddings", "yes"), "model.tied_embeddings: expected true or false"),
+    (("baseline", "gtp"), "baseline: 'gtp' is not an arm (did you mean gpt?)"),
+    (("sweep", [1024]), "sweep: expected a mapping of keys"),
+    (("sweep.budget", [1024]), "sweep.budget: unknown key (did you mean budgets?)"),
+    (("sweep.budgets", []), "sweep.budgets: give at least one token budget"),
+    (("sweep.budgets", [512, 512]), "sweep.budgets: duplicate budgets"),
+    (("sweep.budgets", [32, 1024]), "sweep.budgets: 32 tokens is less than one optimizer step of arm gpt"),
+    (("sweep.budgets", [64, 1024]), "sweep.budgets: 64 tokens is within arm gpt's optim.warmup_tokens=64"),
+    (("sweep.method", "branch"), "sweep.method: must be one of full, cooldown, both"),
+    (("sweep.lr", [1e-3]), "sweep.lr: expected a mapping of arm name to a list of learning rates"),
+    (("sweep.lr.ngtp", [1e-3]), "sweep.lr.ngtp: not an arm (did you mean ngpt?)"),
+    (("sweep.lr.gpt", []), "sweep.lr.gpt: give at least one learning rate"),
+    (("sweep.lr.gpt", [1e-3, -1.0]), "sweep.lr.gpt: learning rates must be positive"),
+    (("sweep.lr.gpt", [1e-3, "big"]), "sweep.lr.gpt[1]: expected a number, got 'big'"),
+    (("sweep.lr.gpt", [1e-3, 1e-3]), "sweep.lr.gpt: duplicate learning rates"),
+    (("sweep.lr_budget", 1024), "sweep.lr: lr_budget and lr_seeds need a learning-rate grid"),
+    (("sweep", {"lr": {"gpt": [1e-3]}, "lr_budget": 512}), "sweep.lr_budget: 512 is not one of the budgets [1024]"),
+    (("sweep", {"lr": {"gpt": [1e-3]}, "lr_seeds": [3]}), "sweep.lr_seeds: seed 3 is not in seeds [0]"),
+    (("sweep", {"method": "cooldown"}), None),  # valid: checkpoints are on by default
 ]
+BAD = [row for row in BAD if row[1] is not None]
 
 
 @pytest.mark.parametrize("change,message", BAD, ids=[c[0][0] + "=" + repr(c[0][1])[:20] for c in BAD])

@@ -4,6 +4,7 @@ Layout, one folder per invocation (the MLflow parent run) so a finished run is n
 
     <checkpoint.dir>/<experiment>/<parent_run_id>/invocation.json
     <checkpoint.dir>/<experiment>/<parent_run_id>/<arm>-seed<seed>/step_00000080.pt
+    <checkpoint.dir>/<experiment>/<parent_run_id>/<unit key>/branch_00000064.pt   (sweep cooldown trunks)
 
 `invocation.json` records the config hash, the parent run and whether the invocation finished; each
 checkpoint holds the model and its config (`model_config`, read by `init_from` and the sampler), the
@@ -123,6 +124,35 @@ def save_checkpoint(folder: Path, step: int, state: dict[str, Any], keep_last: i
     for old in checkpoints_in(folder)[:-keep_last]:
         old.unlink(missing_ok=True)
     return path
+
+
+def branch_path(folder: Path, step: int) -> Path:
+    """A cooldown trunk's checkpoint at `step` (sweep.method cooldown): never pruned, not a resume point."""
+    return folder / f"branch_{step:08d}.pt"
+
+
+def save_branch(folder: Path, step: int, state: dict[str, Any]) -> Path:
+    path = branch_path(folder, step)
+    state = {**state, "version": CHECKPOINT_VERSION, "step": step}
+    try:
+        _atomic_write(path, lambda f: torch.save(state, f))
+    except OSError as err:
+        raise CheckpointError(f"checkpoint.dir: could not write {path} ({err.strerror or err})") from None
+    return path
+
+
+def load_branch(folder: Path, step: int) -> dict[str, Any]:
+    """The trunk state a cooldown branch starts from; CheckpointError when it is missing or unreadable."""
+    path = branch_path(folder, step)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"cooldown branch checkpoint {path} is missing (its trunk run saves it); "
+                              f"start fresh with --no-resume") from None
+    except Exception as err:
+        raise CheckpointError(f"cooldown branch checkpoint {path} cannot be read ({type(err).__name__})") from None
+    state["path"] = str(path)
+    return state
 
 
 def load_latest(folder: Path) -> dict[str, Any] | None:

@@ -126,6 +126,8 @@ class TrackingConfig:
     run_name: str | None = None  # name of the parent run; None gives "<name>-<timestamp>"
     log_models: bool = True  # log each child run's final model in MLflow's PyTorch flavour (artifact `model`)
     log_samples: bool = True  # log text sampled from fixed prompts at the end of each child run (samples/samples.txt)
+    log_diagnostics: bool = True  # hypersphere diagnostics (norms, condition numbers, nGPT scalars) at every
+    # evaluation as diag/* metrics, and the final distributions as diagnostics/final.json (training/diagnostics.py)
 
 
 @dataclass
@@ -134,6 +136,31 @@ class CheckpointConfig:
     dir: str = "checkpoints"  # folder (relative to where the runner starts): <dir>/<experiment>/<parent run>/<arm>-seed<seed>/
     every_tokens: int = 0  # also checkpoint every this many training tokens; 0 = only at the end and on preemption
     keep_last: int = 2  # checkpoints kept per arm and seed (older ones are deleted)
+
+
+SWEEP_METHODS = ("full", "cooldown", "both")
+
+
+@dataclass
+class SweepConfig:
+    """`sweep`: one invocation trains a grid of runs per arm (training/sweep.py expands it).
+
+    Every (arm, budget, learning rate, seed) is its own MLflow child run under the invocation's parent
+    run. With an `lr` grid the runner first trains the grid at `lr_budget` with `lr_seeds`, picks each
+    arm's learning rate with the lowest mean final validation loss, then trains every budget and seed
+    with it (grid runs that coincide with those are not trained twice).
+    """
+
+    budgets: list[int] | None = None  # train.tokens values, each a run with its own full schedule; null = train.tokens
+    method: str = "full"  # full: a run per budget; cooldown: one WSD run of the largest budget, the
+    # others as cooldown branches from its checkpoints; both: the two side by side (compared in the report)
+    lr: dict[str, list[float]] = field(default_factory=dict)  # arm -> learning-rate grid (arms without one keep optim.lr)
+    lr_budget: int | str | None = None  # budget the grid is searched at: one of `budgets`, "each" (per budget), null = smallest
+    lr_seeds: list[int] | None = None  # seeds of the grid search; null = the first seed
+
+    @property
+    def active(self) -> bool:
+        return bool(self.budgets) or bool(self.lr) or self.method != "full"
 
 
 @dataclass
@@ -166,6 +193,8 @@ class ExperimentConfig:
     targets: list[float] = field(default_factory=list)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    baseline: str | None = None  # the arm speedups are measured against; None = the first plain GPT arm
     source: str = ""  # the YAML file it was loaded from
 
     @property
@@ -174,7 +203,9 @@ class ExperimentConfig:
 
     @property
     def baseline_arm(self) -> str:
-        """The arm speedups are measured against: the first arm whose model is a plain GPT."""
+        """The arm speedups are measured against: `baseline`, else the first arm whose model is a GPT."""
+        if self.baseline is not None and any(a.name == self.baseline for a in self.arms):
+            return self.baseline
         for arm in self.arms:
             if arm.model.kind == "gpt":
                 return arm.name
@@ -191,6 +222,8 @@ class ExperimentConfig:
             "tracking": dataclasses.asdict(self.tracking),
             "checkpoint": dataclasses.asdict(self.checkpoint),
             "arms": {a.name: arm_to_dict(a) for a in self.arms},
+            **({"sweep": dataclasses.asdict(self.sweep)} if self.sweep.active else {}),
+            **({"baseline": self.baseline} if self.baseline is not None else {}),
         }
 
     def to_yaml(self) -> str:
@@ -239,12 +272,13 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 SHARED_SECTIONS = {"model": ModelConfig, "train": TrainConfig, "optim": OptimConfig}
 ARM_KEYS = (*SHARED_SECTIONS, "init_from")  # what an arm may set
 TOP_LEVEL_KEYS = {"name", "seeds", "data", "tokenizer", "model", "train", "optim", "arms", "targets", "tracking",
-                  "checkpoint"}
+                  "checkpoint", "sweep", "baseline"}
 CHOICES = {
     "train.precision": ("auto", "bf16", "fp32"),
     "train.compile": ("auto", "on", "off"),
     "train.device": ("auto", "cuda", "cpu"),
     "optim.schedule": ("cosine", "linear", "wsd", "constant"),
+    "sweep.method": SWEEP_METHODS,
 }
 TOKENIZERS = ("gpt2",)
 TOKENIZER_VOCAB = {"gpt2": 50257}  # token ids the model must be able to embed
@@ -510,8 +544,88 @@ def build_experiment(raw: dict, source: str = "") -> ExperimentConfig:
                               f"{tokenizer} tokenizer's {TOKENIZER_VOCAB[tokenizer]} tokens")
         _validate_arm(arm, path_of)
         arms.append(arm)
+    baseline = _convert(raw.get("baseline"), str | None, "baseline")
+    if baseline is not None and baseline not in arms_raw:
+        raise ConfigError(f"baseline: {baseline!r} is not an arm{_did_you_mean(baseline, list(arms_raw))}")
+    sweep = _build_sweep(raw.get("sweep"), arms, seeds, checkpoint)
     return ExperimentConfig(name=name.strip(), arms=arms, seeds=seeds, data=data, tokenizer=tokenizer,
-                            targets=targets, tracking=tracking, checkpoint=checkpoint, source=source)
+                            targets=targets, tracking=tracking, checkpoint=checkpoint, sweep=sweep,
+                            baseline=baseline, source=source)
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
+    return f" (did you mean {close[0]}?)" if close else f" (arms: {', '.join(map(str, choices))})"
+
+
+def _build_sweep(raw: Any, arms: list[ArmConfig], seeds: list[int], checkpoint: CheckpointConfig) -> SweepConfig:
+    """`sweep`, checked against the arms: every budget must be trainable by every arm."""
+    if raw is None:
+        return SweepConfig()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"sweep: expected a mapping of keys (budgets, method, lr, lr_budget, lr_seeds), got {raw!r}")
+    raw = dict(raw)
+    lr_raw = raw.pop("lr", None)
+    lr_budget_raw = raw.pop("lr_budget", None)
+    sweep = _build(SweepConfig, raw, "sweep")
+    names = [a.name for a in arms]
+    if sweep.budgets is not None:
+        if not sweep.budgets:
+            raise ConfigError("sweep.budgets: give at least one token budget, or null")
+        if len(set(sweep.budgets)) != len(sweep.budgets):
+            raise ConfigError(f"sweep.budgets: duplicate budgets in {sweep.budgets}")
+        sweep.budgets = sorted(sweep.budgets)
+        for budget in sweep.budgets:
+            _positive("sweep.budgets", budget)
+            for arm in arms:
+                steps = budget // arm.tokens_per_step()
+                if steps < 1:
+                    raise ConfigError(f"sweep.budgets: {budget} tokens is less than one optimizer step of arm "
+                                      f"{arm.name} ({arm.tokens_per_step()} tokens)")
+                if arm.optim.warmup_tokens >= budget:
+                    raise ConfigError(f"sweep.budgets: {budget} tokens is within arm {arm.name}'s "
+                                      f"optim.warmup_tokens={arm.optim.warmup_tokens}")
+    if lr_raw is not None:
+        if not isinstance(lr_raw, dict):
+            raise ConfigError(f"sweep.lr: expected a mapping of arm name to a list of learning rates, got {lr_raw!r}")
+        for arm_name, grid in lr_raw.items():
+            if arm_name not in names:
+                raise ConfigError(f"sweep.lr.{arm_name}: not an arm{_did_you_mean(arm_name, names)}")
+            values = _convert(grid, list[float], f"sweep.lr.{arm_name}")
+            if not values:
+                raise ConfigError(f"sweep.lr.{arm_name}: give at least one learning rate")
+            if any(v <= 0 for v in values):
+                raise ConfigError(f"sweep.lr.{arm_name}: learning rates must be positive, got {values}")
+            if len(set(values)) != len(values):
+                raise ConfigError(f"sweep.lr.{arm_name}: duplicate learning rates in {values}")
+            sweep.lr[arm_name] = sorted(values)
+    budgets = sweep.budgets
+    if lr_budget_raw is not None:
+        if lr_budget_raw == "each":
+            sweep.lr_budget = "each"
+        else:
+            value = _convert(lr_budget_raw, int, "sweep.lr_budget")
+            choices = budgets or sorted({a.train.tokens for a in arms})
+            if value not in choices:
+                raise ConfigError(f"sweep.lr_budget: {value} is not one of the budgets {choices} "
+                                  f"(or use \"each\" to search at every budget)")
+            sweep.lr_budget = value
+    if sweep.lr_seeds is not None:
+        if not sweep.lr_seeds:
+            raise ConfigError("sweep.lr_seeds: give at least one seed, or null (the first seed)")
+        missing = [s for s in sweep.lr_seeds if s not in seeds]
+        if missing:
+            raise ConfigError(f"sweep.lr_seeds: seed {missing[0]} is not in seeds {seeds}")
+    if (sweep.lr_budget is not None or sweep.lr_seeds is not None) and not sweep.lr:
+        raise ConfigError("sweep.lr: lr_budget and lr_seeds need a learning-rate grid, e.g. sweep.lr.gpt: [3e-4, 6e-4]")
+    if sweep.method != "full":
+        if not checkpoint.enabled:
+            raise ConfigError(f"sweep.method: {sweep.method} branches the cooldowns from checkpoints; "
+                              f"set checkpoint.enabled: true")
+        for arm in arms:
+            if arm.init_from is not None:
+                raise ConfigError(f"sweep.method: {sweep.method} is not supported with arms.{arm.name}.init_from")
+    return sweep
 
 
 def load_experiment(path: str | Path, overrides: list[str] = (), arms: list[str] | None = None,

@@ -56,3 +56,12 @@ def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+def broadcast_object(obj, info: DistInfo):
+    """Rank 0's `obj` on every rank (a run id, a choice made on rank 0)."""
+    if not info.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -28,13 +28,16 @@ import torch
 
 from training.checkpoint import (CheckpointError, Invocation, check_writable, checkpoints_in, find_unfinished,
                                  load_latest)
-from training.config import ArmConfig, ExperimentConfig, flatten
+from training import sweep
+from training.checkpoint import load_branch
+from training.config import ArmConfig, ExperimentConfig, arm_to_dict, flatten
 from training.data import Splits
-from training.distributed import DistInfo, barrier
+from training.distributed import DistInfo, barrier, broadcast_object
 from training.pretrained import TAG_CHECKPOINT, Pretrained, PretrainedError, check_model, resolve
 from training.summary import format_table, summary_frame
-from training.tracking import (MLFLOW_PARENT_TAG, TAG_ARM, TAG_BASELINE, TAG_CONFIG_HASH, TAG_FAILURE,
-                               TAG_GIT_COMMIT, TAG_KIND, TAG_ROLE, TAG_SEED, TAG_TARGETS, NullLogger, Tracker,
+from training.tracking import (MLFLOW_PARENT_TAG, TAG_ARM, TAG_BASELINE, TAG_BRANCH_OF, TAG_BRANCH_STEP,
+                               TAG_CONFIG_HASH, TAG_FAILURE, TAG_GIT_COMMIT, TAG_KIND, TAG_LR_SELECTED, TAG_METHOD,
+                               TAG_PRECISION, TAG_ROLE, TAG_SEED, TAG_STAGE, TAG_TARGETS, NullLogger, Tracker,
                                TrackingError, git_commit)
 from training.trainer import (ArmResult, CheckpointPlan, Preempted, StopFlag, TrainingDiverged,
                               measure_peak_flops, resolve_runtime, train_arm)
@@ -66,14 +69,27 @@ def _find_invocation(cfg: ExperimentConfig, resume: str) -> Invocation | None:
 
 
 def _check_resumable(cfg: ExperimentConfig, invocation: Invocation, force: bool) -> None:
-    for seed in cfg.seeds:
-        for arm in cfg.arms:
-            state = load_latest(invocation.arm_folder(arm.name, seed))
-            if state is not None and state["config_hash"] != cfg.arm_hash(arm, seed) and not force:
-                raise UsageError(
-                    f"checkpoint {state['path']} was written under another config (arm {arm.name}, seed {seed}, "
-                    f"config hash {state['config_hash']}, now {cfg.arm_hash(arm, seed)}); "
-                    f"resume it anyway with --force, or start fresh with --no-resume")
+    for unit in sweep.universe(cfg).values():
+        state = load_latest(invocation.folder / unit.key)
+        if state is not None and state["config_hash"] != cfg.arm_hash(unit.arm, unit.seed) and not force:
+            raise UsageError(
+                f"checkpoint {state['path']} was written under another config (run {unit.key}, config hash "
+                f"{state['config_hash']}, now {cfg.arm_hash(unit.arm, unit.seed)}); "
+                f"resume it anyway with --force, or start fresh with --no-resume")
+
+
+def _precision_parity(runtimes: dict) -> tuple[str, bool]:
+    """Each arm's device, precision, compile and parameter storage, and whether all arms agree.
+
+    Parameters are always stored in float32 (bf16 runs autocast the matrix products), so the
+    comparison never gives one arm bf16 weights; device, precision and compile come from each arm's
+    `train` section and may differ only if the YAML says so.
+    """
+    described = {name: f"{rt.device.type}/{rt.precision}{'/compiled' if rt.compile else ''}/float32 weights"
+                 for name, rt in runtimes.items()}
+    same = len(set(described.values())) == 1
+    text = next(iter(described.values())) if same else ", ".join(f"{k}: {v}" for k, v in described.items())
+    return ("same for all arms: " if same else "DIFFERS: ") + text, same
 
 
 def _resolve_init_from(cfg: ExperimentConfig, invocation: Invocation | None) -> dict[tuple[str, int], Pretrained]:
@@ -97,7 +113,7 @@ def _resolve_init_from(cfg: ExperimentConfig, invocation: Invocation | None) -> 
 
 def _child_params(cfg: ExperimentConfig, arm: ArmConfig, seed: int, runtime, peak, dist: DistInfo) -> dict:
     resolved = cfg.to_dict()
-    return {**flatten(resolved["arms"][arm.name]), **flatten({"data": resolved["data"]}),
+    return {**flatten(arm_to_dict(arm)), **flatten({"data": resolved["data"]}),
             "tokenizer": cfg.tokenizer, "arm": arm.name, "seed": seed,
             "derived.tokens_per_step": arm.tokens_per_step(), "derived.steps": arm.steps(),
             "derived.tokens_trained": arm.steps() * arm.tokens_per_step(),
@@ -108,7 +124,7 @@ def _child_params(cfg: ExperimentConfig, arm: ArmConfig, seed: int, runtime, pea
 
 def run_experiment(cfg: ExperimentConfig, splits: Splits, dist: DistInfo, *, progress: bool = True,
                    resume: str = "auto", force: bool = False, stop: StopFlag | None = None) -> int:
-    """Train every (seed, arm) of the experiment; returns the process exit code."""
+    """Train every unit of the experiment (each (seed, arm), or the sweep's units); returns the exit code."""
     try:
         runtimes = {arm.name: resolve_runtime(arm, dist) for arm in cfg.arms}
     except RuntimeError as err:
@@ -117,6 +133,10 @@ def run_experiment(cfg: ExperimentConfig, splits: Splits, dist: DistInfo, *, pro
         if arm.train.grad_accum_steps % dist.world_size:
             raise UsageError(f"train.grad_accum_steps: {arm.train.grad_accum_steps} (arm {arm.name}) is not "
                              f"divisible by the {dist.world_size} processes")
+    parity, same_precision = _precision_parity(runtimes)
+    if not same_precision and dist.is_main and len(cfg.arms) > 1:
+        print(f"warning: the arms do not train alike ({parity}); set train.device/precision/compile in the "
+              f"shared train section for a fair comparison", file=sys.stderr)
 
     invocation = None
     if cfg.checkpoint.enabled:
@@ -152,10 +172,12 @@ def run_experiment(cfg: ExperimentConfig, splits: Splits, dist: DistInfo, *, pro
             parent_id = tracker.start_run(
                 experiment_id, run_name,
                 tags={TAG_ROLE: "parent", TAG_TARGETS: str(list(cfg.targets)), TAG_BASELINE: cfg.baseline_arm,
-                      TAG_CONFIG_HASH: cfg.config_hash(), TAG_GIT_COMMIT: git_commit(PROJECT_DIR)},
+                      TAG_CONFIG_HASH: cfg.config_hash(), TAG_GIT_COMMIT: git_commit(PROJECT_DIR),
+                      TAG_PRECISION: parity},
                 params={"name": cfg.name, "seeds": cfg.seeds, "arms": [a.name for a in cfg.arms],
                         "targets": cfg.targets, "world_size": dist.world_size,
-                        **flatten({"data": cfg.to_dict()["data"]}), "tokenizer": cfg.tokenizer})
+                        **flatten({"data": cfg.to_dict()["data"]}), "tokenizer": cfg.tokenizer,
+                        **(flatten({"sweep": cfg.to_dict()["sweep"]}) if cfg.sweep.active else {})})
             tracker.log_text(parent_id, cfg.to_yaml(), "config/resolved.yaml")
             if cfg.checkpoint.enabled:
                 invocation = Invocation(Path(cfg.checkpoint.dir) / cfg.experiment_name / parent_id, parent_id,
@@ -165,74 +187,22 @@ def run_experiment(cfg: ExperimentConfig, splits: Splits, dist: DistInfo, *, pro
         else:
             print(f"MLflow: resuming parent run {parent_id} of experiment {cfg.experiment_name!r} from "
                   f"{invocation.folder} ({tracker.uri})")
+    if dist.enabled and cfg.checkpoint.enabled:  # every rank needs the folder (cooldown branches, resume)
+        parent_id = broadcast_object(parent_id, dist)
+        if invocation is None:
+            invocation = Invocation(Path(cfg.checkpoint.dir) / cfg.experiment_name / parent_id, parent_id,
+                                    cfg.config_hash())
 
-    results, status = [], "FINISHED"
-    peak_cache: dict = {}
+    session = _Session(cfg, splits, dist, runtimes, invocation, init_sources, tracker, parent_id, experiment_id,
+                       progress, stop)
+    status = "FINISHED"
     try:
-        for seed in cfg.seeds:
-            for arm in cfg.arms:
-                state = load_latest(invocation.arm_folder(arm.name, seed)) if invocation is not None else None
-                if state is not None and state["finished"]:
-                    results.append(ArmResult.from_state(state["result"]))
-                    if dist.is_main:
-                        print(f"{arm.name} seed {seed}: finished earlier ({state['path']}), not trained again")
-                    continue
-                runtime = runtimes[arm.name]
-                peak = arm.train.peak_flops
-                if peak is None and runtime.device.type == "cuda":
-                    peak = peak_cache.setdefault("measured", measure_peak_flops(runtime.device))
-                logger, child_id, plan = NullLogger(), None, None
-                pretrained = init_sources.get((arm.name, seed)) if state is None else None
-                if dist.is_main:
-                    if state is not None:
-                        child_id = state["run_id"]
-                        tracker.reopen(child_id)
-                        print(f"{arm.name} seed {seed}: resuming at step {state['step']} from {state['path']}")
-                    else:
-                        child_id = tracker.start_run(
-                            experiment_id, f"{arm.name}-seed{seed}",
-                            tags={MLFLOW_PARENT_TAG: parent_id, TAG_ROLE: "child", TAG_ARM: arm.name,
-                                  TAG_SEED: str(seed), TAG_KIND: arm.model.kind,
-                                  **(pretrained.tags() if pretrained is not None else {})},
-                            params=_child_params(cfg, arm, seed, runtime, peak, dist))
-                    logger = tracker.logger(child_id)
-                    if invocation is not None:
-                        plan = CheckpointPlan(
-                            invocation.arm_folder(arm.name, seed), cfg.checkpoint.every_tokens,
-                            cfg.checkpoint.keep_last,
-                            identity={"config_hash": cfg.arm_hash(arm, seed), "run_id": child_id,
-                                      "parent_run_id": parent_id, "arm": arm.name, "seed": seed})
-                try:
-                    if pretrained is not None and dist.is_main:
-                        print(f"{arm.name} seed {seed}: starting from {pretrained.path} (step {pretrained.step})")
-                    result = train_arm(arm, seed, splits, dist, logger, runtime=runtime, peak_flops=peak,
-                                       progress=progress, checkpoints=plan, resume=state, stop=stop,
-                                       init_state=pretrained.weights() if pretrained is not None else None)
-                except TrainingDiverged as err:  # this arm stops; the others still run
-                    if dist.is_main:
-                        print(f"\nwarning: {err}; run marked FAILED", file=sys.stderr)
-                        tracker.set_tag(child_id, TAG_FAILURE, str(err))
-                    _close(logger, "FAILED")
-                    continue
-                except CheckpointError as err:
-                    _close(logger, "FAILED")
-                    raise UsageError(str(err)) from None
-                except Preempted as err:
-                    status = "KILLED"
-                    _close(logger, "KILLED")
-                    if dist.is_main:
-                        print(f"\n{arm.name} seed {seed}: {err}. Run the same command again to resume.",
-                              file=sys.stderr)
-                    return 128 + err.signum
-                except BaseException:
-                    _close(logger, "KILLED" if isinstance(sys.exc_info()[1], KeyboardInterrupt) else "FAILED")
-                    raise
-                if dist.is_main:
-                    logger.flush(wait=True)  # the final metrics are in the run before the model links to them
-                    _end_of_run(tracker, cfg, arm, seed, result, child_id, experiment_id, plan, runtime)
-                result.model = None  # results outlive the loop: keep no model (or GPU memory) in them
-                _close(logger, "FINISHED")
-                results.append(result)
+        best = session.search_learning_rates()
+        for unit in sweep.main_units(cfg, best):
+            session.train(unit)
+    except Preempted as err:
+        status = "KILLED"
+        return 128 + err.signum
     except KeyboardInterrupt:
         status = "KILLED"
         raise
@@ -244,14 +214,23 @@ def run_experiment(cfg: ExperimentConfig, splits: Splits, dist: DistInfo, *, pro
             tracker.finish(parent_id, status)
 
     if dist.is_main:
-        table = summary_frame(results, cfg.targets, cfg.baseline_arm)
-        text = format_table(table)
-        print(f"\n{cfg.name}: {len(results)} runs; tokens to target = first crossing of the validation loss "
-              f"(linear interpolation); speedup = {cfg.baseline_arm} tokens / arm tokens")
-        print(text)
-        tracker.log_text(parent_id, text + "\n", "summary/summary.txt")
-        tracker.log_text(parent_id, table.to_csv(index=False), "summary/summary.csv")
-        log_report(tracker, cfg, parent_id)
+        results = [r for r in session.results.values() if r is not None]
+        if cfg.sweep.active:
+            print(f"\n{cfg.name}: {len(session.results)} runs ({len(session.results) - len(results)} failed)")
+            report = log_report(tracker, cfg, parent_id)
+            if report is not None:
+                from analysis.tables import format_summary
+
+                print(format_summary(report.summary))
+        else:
+            table = summary_frame(results, cfg.targets, cfg.baseline_arm)
+            text = format_table(table)
+            print(f"\n{cfg.name}: {len(results)} runs; tokens to target = first crossing of the validation loss "
+                  f"(linear interpolation); speedup = {cfg.baseline_arm} tokens / arm tokens")
+            print(text)
+            tracker.log_text(parent_id, text + "\n", "summary/summary.txt")
+            tracker.log_text(parent_id, table.to_csv(index=False), "summary/summary.csv")
+            log_report(tracker, cfg, parent_id)
         tracker.finish(parent_id, "FINISHED")
         if invocation is not None:
             invocation.finished = True
@@ -259,6 +238,147 @@ def run_experiment(cfg: ExperimentConfig, splits: Splits, dist: DistInfo, *, pro
         print(f"\nFigures and tables: python -m analysis figures --experiment {cfg.experiment_name}   "
               f"Runs: mlflow ui")
     return 0
+
+
+class _Session:
+    """One invocation's units: trains each once (or picks up its finished checkpoint) and keeps the results."""
+
+    def __init__(self, cfg, splits, dist, runtimes, invocation, init_sources, tracker, parent_id, experiment_id,
+                 progress, stop):
+        self.cfg, self.splits, self.dist, self.runtimes = cfg, splits, dist, runtimes
+        self.invocation, self.init_sources = invocation, init_sources
+        self.tracker, self.parent_id, self.experiment_id = tracker, parent_id, experiment_id
+        self.progress, self.stop = progress, stop
+        self.results: dict[str, ArmResult | None] = {}  # unit key -> result (None: the run diverged)
+        self.run_ids: dict[str, str] = {}  # unit key -> MLflow child run id (rank 0)
+        self.peak_cache: dict = {}
+
+    def search_learning_rates(self) -> dict[tuple[str, int | None], float]:
+        """Stage 1 of a sweep with `sweep.lr`: train the grid, choose, tag and report the choice."""
+        cfg, units = self.cfg, sweep.search_units(self.cfg)
+        if not units:
+            return {}
+        from analysis.sweeps import chosen_lrs, edge_warnings, select_lr
+
+        for unit in units:
+            self.train(unit)
+        table = select_lr([{"arm": u.arm.name, "budget": u.budget, "lr": u.lr, "seed": u.seed,
+                            "final_val_loss": (self.results[u.key].final_val_loss
+                                               if self.results.get(u.key) is not None else None)}
+                           for u in units])
+        per_budget = cfg.sweep.lr_budget == "each"
+        best = {(arm, budget if per_budget else None): lr for (arm, budget), lr in chosen_lrs(table).items()}
+        missing = [a.name for a in sweep.grid_arms(cfg) if not any(k[0] == a.name for k in best)]
+        if missing:
+            raise UsageError(f"sweep.lr.{missing[0]}: every learning rate of the grid diverged; no run to choose")
+        if per_budget:
+            for arm in sweep.grid_arms(cfg):
+                for budget in sweep.budgets_of(cfg, arm):
+                    if (arm.name, budget) not in best:
+                        raise UsageError(f"sweep.lr.{arm.name}: every learning rate diverged at budget {budget}")
+        if self.dist.is_main:
+            from analysis.tables import format_lr_table
+
+            text = format_lr_table(table)
+            print(f"\nlearning-rate search (lowest mean final validation loss over seeds "
+                  f"{sweep.search_seeds(cfg)}):\n{text}")
+            for line in edge_warnings(table):
+                print(f"warning: {line}", file=sys.stderr)
+            self.tracker.log_text(self.parent_id, text + "\n", "sweep/lr_selection.txt")
+            self.tracker.log_text(self.parent_id, table.to_csv(index=False), "sweep/lr_selection.csv")
+            for (arm, budget), lr in best.items():
+                self.tracker.set_tag(self.parent_id, f"datgpt.best_lr.{arm}" + (f".{budget}" if budget else ""),
+                                     f"{lr:g}")
+            for unit in units:
+                if unit.key in self.run_ids:
+                    chosen = best.get((unit.arm.name, unit.budget if per_budget else None)) == unit.lr
+                    self.tracker.set_tag(self.run_ids[unit.key], TAG_LR_SELECTED, str(chosen).lower())
+        return broadcast_object(best, self.dist)
+
+    def train(self, unit: sweep.Unit) -> ArmResult | None:
+        """Train `unit` unless this invocation has it already; returns its result (None if it diverged)."""
+        if unit.key in self.results:
+            return self.results[unit.key]
+        cfg, dist, arm, seed = self.cfg, self.dist, unit.arm, unit.seed
+        folder = self.invocation.folder / unit.key if self.invocation is not None else None
+        state = load_latest(folder) if folder is not None else None
+        if state is not None and state["finished"]:
+            self.results[unit.key] = ArmResult.from_state(state["result"])
+            self.run_ids[unit.key] = state["run_id"]
+            if dist.is_main:
+                print(f"{unit.label}: finished earlier ({state['path']}), not trained again")
+            return self.results[unit.key]
+        branch_state = None
+        if state is None and unit.branch_of is not None:
+            barrier(dist)  # rank 0 wrote the trunk's branch checkpoint
+            try:
+                branch_state = load_branch(self.invocation.folder / unit.branch_of, unit.branch_step)
+            except CheckpointError as err:  # the same computation from step 0 costs more but gives the same run
+                if dist.is_main:
+                    print(f"warning: {err}; training {unit.key} in full instead", file=sys.stderr)
+        runtime = self.runtimes[arm.name]
+        peak = arm.train.peak_flops
+        if peak is None and runtime.device.type == "cuda":
+            peak = self.peak_cache.setdefault("measured", measure_peak_flops(runtime.device))
+        logger, child_id, plan = NullLogger(), None, None
+        pretrained = self.init_sources.get((arm.name, seed)) if state is None else None
+        if dist.is_main:
+            tracker = self.tracker
+            if state is not None:
+                child_id = state["run_id"]
+                tracker.reopen(child_id)
+                print(f"{unit.label}: resuming at step {state['step']} from {state['path']}")
+            else:
+                tags = {MLFLOW_PARENT_TAG: self.parent_id, TAG_ROLE: "child", TAG_ARM: arm.name,
+                        TAG_SEED: str(seed), TAG_KIND: arm.model.kind, TAG_STAGE: unit.stage, TAG_METHOD: unit.method,
+                        **(pretrained.tags() if pretrained is not None else {})}
+                if branch_state is not None:
+                    tags.update({TAG_BRANCH_OF: branch_state["run_id"], TAG_BRANCH_STEP: str(unit.branch_step)})
+                child_id = tracker.start_run(self.experiment_id, unit.key, tags=tags,
+                                             params=_child_params(cfg, arm, seed, runtime, peak, dist))
+                if branch_state is not None:  # the branch's curve up to the branch point is its trunk's
+                    tracker.copy_history(branch_state["run_id"], child_id, unit.branch_step)
+                    print(f"{unit.key}: cooldown branch of {unit.branch_of} from step {unit.branch_step}")
+            self.run_ids[unit.key] = child_id
+            logger = tracker.logger(child_id)
+            if self.invocation is not None:
+                plan = CheckpointPlan(folder, cfg.checkpoint.every_tokens, cfg.checkpoint.keep_last,
+                                      identity={"config_hash": cfg.arm_hash(arm, seed), "run_id": child_id,
+                                                "parent_run_id": self.parent_id, "arm": arm.name, "seed": seed,
+                                                "unit": unit.key},
+                                      branch_steps=tuple(unit.branch_steps))
+        try:
+            if pretrained is not None and dist.is_main:
+                print(f"{arm.name} seed {seed}: starting from {pretrained.path} (step {pretrained.step})")
+            result = train_arm(arm, seed, self.splits, dist, logger, runtime=runtime, peak_flops=peak,
+                               progress=self.progress, checkpoints=plan, resume=state or branch_state, stop=self.stop,
+                               init_state=pretrained.weights() if pretrained is not None else None,
+                               desc=unit.label, diagnostics=cfg.tracking.log_diagnostics)
+        except TrainingDiverged as err:  # this unit stops; the others still run
+            if dist.is_main:
+                print(f"\nwarning: {err}; run marked FAILED", file=sys.stderr)
+                self.tracker.set_tag(child_id, TAG_FAILURE, str(err))
+            _close(logger, "FAILED")
+            self.results[unit.key] = None
+            return None
+        except CheckpointError as err:
+            _close(logger, "FAILED")
+            raise UsageError(str(err)) from None
+        except Preempted as err:
+            _close(logger, "KILLED")
+            if dist.is_main:
+                print(f"\n{unit.label}: {err}. Run the same command again to resume.", file=sys.stderr)
+            raise
+        except BaseException:
+            _close(logger, "KILLED" if isinstance(sys.exc_info()[1], KeyboardInterrupt) else "FAILED")
+            raise
+        if dist.is_main:
+            logger.flush(wait=True)  # the final metrics are in the run before the model links to them
+            _end_of_run(self.tracker, cfg, arm, seed, result, child_id, self.experiment_id, plan, runtime)
+        result.model = result.diagnostics = None  # results outlive the loop: keep no model (or GPU memory)
+        _close(logger, "FINISHED")
+        self.results[unit.key] = result
+        return result
 
 
 def _end_of_run(tracker: Tracker, cfg: ExperimentConfig, arm: ArmConfig, seed: int, result: ArmResult,
@@ -271,6 +391,12 @@ def _end_of_run(tracker: Tracker, cfg: ExperimentConfig, arm: ArmConfig, seed: i
         except Exception as err:
             print(f"warning: {arm.name} seed {seed}: could not tag the run with its checkpoint "
                   f"({type(err).__name__})", file=sys.stderr)
+    if result.diagnostics is not None:
+        try:
+            tracker.log_text(run_id, result.diagnostics.to_json(), "diagnostics/final.json")
+        except Exception as err:
+            print(f"warning: {arm.name} seed {seed}: could not log the diagnostics ({type(err).__name__})",
+                  file=sys.stderr)
     model = result.model
     if model is None:
         return
@@ -334,14 +460,20 @@ def _close(logger, status: str) -> None:
               file=sys.stderr)
 
 
-def log_report(tracker: Tracker, cfg: ExperimentConfig, parent_id: str) -> None:
-    """Build the analysis figures of this invocation and attach them to the parent run."""
+def log_report(tracker: Tracker, cfg: ExperimentConfig, parent_id: str):
+    """Build the analysis figures of this invocation and attach them to the parent run; returns the Report."""
     try:
+        import warnings
+
         from analysis.report import build_report
 
-        with tempfile.TemporaryDirectory() as folder:
-            build_report(cfg.experiment_name, Path(folder), parent_run_id=parent_id, tracking_uri=tracker.uri)
+        with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. runs of this invocation that diverged: already reported
+            report = build_report(cfg.experiment_name, Path(folder), parent_run_id=parent_id,
+                                  tracking_uri=tracker.uri)
             tracker.log_artifacts(parent_id, Path(folder), "report")
+        return report
     except Exception as err:  # figures are a convenience here; the runs themselves are safe in MLflow
         print(f"warning: could not build the figures ({type(err).__name__}: {err}); rerun "
               f"`python -m analysis figures --experiment {cfg.experiment_name}`", file=sys.stderr)
+        return None

@@ -23,6 +23,12 @@ TAG_BASELINE = "datgpt.baseline_arm"
 TAG_CONFIG_HASH = "datgpt.config_hash"
 TAG_GIT_COMMIT = "datgpt.git_commit"
 TAG_FAILURE = "datgpt.failure"  # why a child run FAILED (e.g. a NaN loss)
+TAG_STAGE = "datgpt.sweep_stage"  # lr_search | main
+TAG_METHOD = "datgpt.budget_method"  # full | cooldown
+TAG_LR_SELECTED = "datgpt.lr_selected"  # on lr_search runs, once the choice is made: true | false
+TAG_BRANCH_OF = "datgpt.branch_of"  # a cooldown branch: its trunk's run id
+TAG_BRANCH_STEP = "datgpt.branch_step"  # ... and the trunk step it starts from
+TAG_PRECISION = "datgpt.precision"  # parent: each arm's device/precision/compile/parameter dtype, and parity
 MLFLOW_PARENT_TAG = "mlflow.parentRunId"
 
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit per log_batch call
@@ -240,6 +246,20 @@ class Tracker:
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
+
+    def copy_history(self, source_run_id: str, run_id: str, max_step: int) -> int:
+        """Copy every metric of `source_run_id` logged at steps <= `max_step` into `run_id` (a cooldown
+        branch gets its trunk's curve up to the branch point, so each run's curve is whole); returns the
+        number of values copied."""
+        from mlflow.entities import Metric
+
+        copied = []
+        for key in self.client.get_run(source_run_id).data.metrics:
+            copied += [Metric(m.key, m.value, m.timestamp, m.step)
+                       for m in self.client.get_metric_history(source_run_id, key) if m.step <= max_step]
+        for i in range(0, len(copied), MAX_METRICS_PER_BATCH):
+            self.client.log_batch(run_id, metrics=copied[i:i + MAX_METRICS_PER_BATCH])
+        return len(copied)
 
     def reopen(self, run_id: str) -> None:
         """Mark a run RUNNING again to continue it (resume)."""

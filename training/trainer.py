@@ -22,11 +22,14 @@ import torch
 import torch.nn.functional as F
 
 from models import build_model
-from training.checkpoint import rng_state, save_checkpoint, set_rng_state
+from training.checkpoint import rng_state, save_branch, save_checkpoint, set_rng_state
 from training.config import ArmConfig
 from training.data import Splits, TrainBatches, val_windows
 from training.distributed import DistInfo, all_reduce_sum
 from training.schedule import lr_at
+
+
+DIAGNOSTIC_WINDOWS = 4  # validation windows the hypersphere diagnostics run on (the same ones every time)
 
 
 class TrainingDiverged(RuntimeError):
@@ -62,6 +65,7 @@ class CheckpointPlan:
     every_tokens: int  # 0 = only at the end and on preemption
     keep_last: int
     identity: dict  # config hash, MLflow run ids, arm, seed: stored in every checkpoint
+    branch_steps: tuple[int, ...] = ()  # a cooldown trunk also saves branch_<step>.pt after these steps
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,7 @@ class ArmResult:
     n_params: int = 0
     status: str = "FINISHED"
     model: object = field(default=None, repr=False, compare=False)  # the trained module (not checkpointed)
+    diagnostics: object = field(default=None, repr=False, compare=False)  # the last evaluation's Diagnostics
 
     @property
     def final_val_loss(self) -> float:
@@ -184,7 +189,8 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, batch_size: int, runtime: 
 def train_arm(arm: ArmConfig, seed: int, splits: Splits, dist: DistInfo, logger, *,
               runtime: Runtime | None = None, peak_flops: float | None = None, progress: bool = True,
               checkpoints: CheckpointPlan | None = None, resume: dict | None = None,
-              stop: StopFlag | None = None, init_state: dict | None = None) -> ArmResult:
+              stop: StopFlag | None = None, init_state: dict | None = None, desc: str | None = None,
+              diagnostics: bool = False) -> ArmResult:
     """Train one arm with one seed, from scratch or from a checkpoint's `resume` state.
 
     `init_state` (a model state dict, e.g. a pretrained checkpoint's "model") replaces the fresh
@@ -192,7 +198,9 @@ def train_arm(arm: ArmConfig, seed: int, splits: Splits, dist: DistInfo, logger,
 
     Logs to `logger`; writes checkpoints per `checkpoints` (rank 0); stops with `Preempted` after a
     checkpoint when `stop` is set, and with `TrainingDiverged` (before any checkpoint of that step)
-    on a non-finite loss. Returns the evaluation curve."""
+    on a non-finite loss. With `diagnostics`, rank 0 also logs the hypersphere diagnostics
+    (training/diagnostics.py) of the first validation windows at every evaluation. Returns the
+    evaluation curve."""
     wall_start = time.perf_counter()
     runtime = runtime or resolve_runtime(arm, dist)
     t, o = arm.train, arm.optim
@@ -236,20 +244,27 @@ def train_arm(arm: ArmConfig, seed: int, splits: Splits, dist: DistInfo, logger,
         from tqdm.auto import tqdm
 
         bar = tqdm(total=steps * tokens_per_step, initial=start_step * tokens_per_step, unit="tok",
-                   unit_scale=True, dynamic_ncols=True, desc=f"{arm.name} seed {seed}", leave=True)
+                   unit_scale=True, dynamic_ncols=True, desc=desc or f"{arm.name} seed {seed}", leave=True)
 
     train_seconds = resume["result"]["train_seconds"] if resume else 0.0
     wall_before = resume["result"]["wall_seconds"] if resume else 0.0
     window_tokens, window_seconds, window_steps = 0, 0.0, 0
     postfix = {"loss": "-", "val": "-", "tok_s": "-"}
 
-    def run_eval(step: int) -> float:
+    def run_eval(step: int) -> dict[str, float]:
         val_loss = evaluate(forward_model, val_x, val_y, t.micro_batch_size, runtime, dist)
         result.evals.append(EvalPoint(step, step * tokens_per_step, val_loss, train_seconds))
         postfix["val"] = f"{val_loss:.3f}"
-        return val_loss
+        metrics = {"val/loss": val_loss}
+        if diagnostics and dist.is_main:  # weights are the same on every rank; no collectives inside
+            from training.diagnostics import compute_diagnostics
 
-    def save(step: int) -> str | None:
+            with runtime.autocast:
+                result.diagnostics = compute_diagnostics(model, val_x[:DIAGNOSTIC_WINDOWS].to(runtime.device))
+            metrics.update(result.diagnostics.scalars)
+        return metrics
+
+    def save(step: int, branch: bool = False) -> str | None:
         """Checkpoint after `step` (rank 0): metrics up to it are flushed to MLflow first."""
         if checkpoints is None or not dist.is_main:
             return None
@@ -260,10 +275,12 @@ def train_arm(arm: ArmConfig, seed: int, splits: Splits, dist: DistInfo, logger,
                  "tokens": step * tokens_per_step, "finished": step == steps, "result": result.to_state(),
                  "model_config": asdict(arm.model),
                  **checkpoints.identity}
+        if branch:
+            return str(save_branch(checkpoints.folder, step, state))
         return str(save_checkpoint(checkpoints.folder, step, state, checkpoints.keep_last))
 
     if resume is None:
-        logger.log(0, {"val/loss": run_eval(0), "tokens": 0, "time/elapsed_s": 0.0})
+        logger.log(0, {**run_eval(0), "tokens": 0, "time/elapsed_s": 0.0})
     elif result.evals:
         postfix["val"] = f"{result.evals[-1].val_loss:.3f}"
     model.train()
@@ -327,7 +344,7 @@ def train_arm(arm: ArmConfig, seed: int, splits: Splits, dist: DistInfo, logger,
             postfix.update(loss=f"{train_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
             window_tokens, window_seconds, window_steps = 0, 0.0, 0
         if _eval_due(step, steps, tokens_per_step, t.eval_every_tokens):
-            metrics["val/loss"] = run_eval(step)
+            metrics.update(run_eval(step))
         if metrics:
             metrics.update({"tokens": step * tokens_per_step, "time/elapsed_s": train_seconds})
             logger.log(step, metrics)
@@ -342,6 +359,8 @@ def train_arm(arm: ArmConfig, seed: int, splits: Splits, dist: DistInfo, logger,
             raise Preempted(signum, path)
         if checkpoint_now:
             save(step)
+        if checkpoints is not None and step in checkpoints.branch_steps:
+            save(step, branch=True)
     if bar is not None:
         bar.close()
     result.tokens_seen = steps * tokens_per_step
