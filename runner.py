@@ -109,6 +109,29 @@ def dry_run(cfg, splits) -> None:
               f"input embedding); FLOPs/token {model.flops_per_token(arm.model.context_length):,}")
         print(f"tokens per step: {arm.tokens_per_step():,}; steps: {arm.steps():,}; "
               f"tokens trained: {arm.steps() * arm.tokens_per_step():,}")
+    if cfg.sweep.active:
+        print_sweep_plan(cfg)
+
+
+def print_sweep_plan(cfg) -> None:
+    """The units a sweep trains: the search, then the main stage as if each arm's current lr won."""
+    from training import sweep
+
+    search = sweep.search_units(cfg)
+    best = {(a.name, b): a.optim.lr for a in cfg.arms for b in [None, *sweep.budgets_of(cfg, a)]}
+    main = [u for u in sweep.main_units(cfg, best) if u.key not in {s.key for s in search}]
+
+    def cost(unit) -> int:  # tokens this unit trains itself (a branch starts at its trunk's step)
+        return (unit.arm.steps() - (unit.branch_step or 0)) * unit.arm.tokens_per_step()
+
+    print(f"\n== sweep: {len(search)} search + {len(main)} main runs (main runs shown with each arm's optim.lr; "
+          f"the search replaces it for arms in sweep.lr) ==")
+    for unit in search + main:
+        branch = f", branch of {unit.branch_of} at step {unit.branch_step}" if unit.branch_of else ""
+        print(f"{unit.stage:9s} {unit.key}: {unit.arm.steps():,} steps, {cost(unit):,} tokens trained{branch}")
+    total = sum(cost(u) for u in search + main)
+    print(f"tokens trained in all: {total:,} (the chosen search runs are reused by the main stage; the count "
+          f"assumes each arm's optim.lr is chosen)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -149,8 +149,8 @@ def _sweep_outputs(data: ExperimentData, summary: pd.DataFrame, report: Report, 
             path = out_dir / "cooldown_vs_full.csv"
             report.cooldown_vs_full.to_csv(path, index=False)
             written.append(path)
-    attempts.append(("cooldown_vs_full", "fig_cooldown_vs_full",
-                     (data.frame, data.cooldown_frame, data.targets)))
+        attempts.append(("cooldown_vs_full", "fig_cooldown_vs_full",
+                         (data.frame, data.cooldown_frame, data.targets)))
     if figures:
         from analysis import sweep_figures
         from analysis.figures import NotApplicable, arm_styles, save_figure, style_context
@@ -171,10 +171,29 @@ def _diagnostic_figures(data: ExperimentData, out_dir: Path) -> list[Path]:
     ``diagnostics/final.json``: the run with the largest budget and the smallest seed of each arm."""
     from mlflow.tracking import MlflowClient
 
-    from analysis.diagnostics import diagnostics_figures, load_diagnostics
+    from analysis.diagnostics import diagnostics_figures
 
     client = MlflowClient(tracking_uri=data.tracking_uri)
     dists: dict[str, dict] = {}
+    quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}  # one small file per arm: no progress bars
+    saved = {k: os.environ.get(k) for k in quiet}
+    os.environ.update(quiet)
+    try:
+        _download_diagnostics(client, data, dists)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    if not dists:
+        return []
+    return diagnostics_figures(dists, out_dir, baseline_arm=data.baseline_arm)
+
+
+def _download_diagnostics(client, data: ExperimentData, dists: dict[str, dict]) -> None:
+    from analysis.diagnostics import load_diagnostics
+
     with tempfile.TemporaryDirectory() as folder:
         for arm in data.arms:
             runs = data.runs[data.runs["arm"] == arm].sort_values(["budget", "seed"], ascending=[False, True],
@@ -186,9 +205,6 @@ def _diagnostic_figures(data: ExperimentData, out_dir: Path) -> list[Path]:
                     break
                 except Exception:  # noqa: BLE001 - runs from before diagnostics, or logged without them
                     continue
-        if not dists:
-            return []
-    return diagnostics_figures(dists, out_dir, baseline_arm=data.baseline_arm)
 
 
 def build_report(

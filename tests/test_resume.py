@@ -34,6 +34,7 @@ TINY = {
               "eval_tokens": 256},
     "optim": {"lr": 3e-3, "warmup_tokens": 256},
     "checkpoint": {"every_tokens": 256, "keep_last": 2},
+    "tracking": {"log_diagnostics": False},  # resume is tested here; diagnostics in test_runner/test_diagnostics
     "arms": {"gpt": {"model": {"kind": "gpt"}},
              "ngpt": {"model": {"kind": "ngpt"}, "optim": {"lr": 1e-2, "weight_decay": 0.0, "warmup_tokens": 0}}},
     "targets": [10.0],

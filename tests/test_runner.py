@@ -61,7 +61,8 @@ def check_mlflow_layout(uri: str, experiment: str, arms=("gpt", "ngpt")) -> dict
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"config", "summary", "report"} <= artifacts
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
-    assert "report/val_loss_vs_tokens.png" in report, report
+    assert {"report/val_loss_vs_tokens.png", "report/diag_norms.png", "report/diag_ngpt_scalars.png"} <= report, report
+    assert parent.data.tags["datgpt.precision"] == "same for all arms: cpu/fp32/float32 weights"
     by_arm = {}
     for child in children:
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
@@ -71,6 +72,11 @@ def check_mlflow_layout(uri: str, experiment: str, arms=("gpt", "ngpt")) -> dict
         assert child.data.params["train.tokens"] == "4096" and child.data.params["derived.steps"] == "16"
         assert child.data.params["derived.precision"] == "fp32"
         assert CHILD_METRICS <= set(child.data.metrics), set(child.data.metrics)
+        assert {"diag/hidden_norm/layer_01/mean", "diag/cond/attn_q/layer_00"} <= set(child.data.metrics)
+        assert len(client.get_metric_history(child.info.run_id, "diag/hidden_norm/layer_01/mean")) == 5  # per eval
+        assert "diagnostics/final.json" in {a.path for a in client.list_artifacts(child.info.run_id, "diagnostics")}
+        if arm == "ngpt":  # on the hypersphere after training too
+            assert abs(child.data.metrics["diag/hidden_norm/layer_01/mean"] - 1.0) < 1e-4
         val = [m.value for m in sorted(client.get_metric_history(child.info.run_id, "val/loss"),
                                        key=lambda m: m.step)]
         train = client.get_metric_history(child.info.run_id, "train/loss")

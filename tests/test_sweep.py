@@ -190,6 +190,7 @@ def test_sweep_end_to_end_with_cooldown_branches_and_resume(tmp_path, monkeypatc
         return real_train_arm(arm, seed, *args, **kwargs)
 
     monkeypatch.setattr(session, "train_arm", interrupted_once)
+    monkeypatch.setattr(session, "log_report", lambda *a, **k: None)  # built once below
     stop = session.StopFlag()
     assert session.run_experiment(cfg, splits, DistInfo(), progress=False, stop=stop) == 143
     assert calls == ["gpt-lr0.001-t256-seed0", "gpt-lr0.01-t256-seed0", "gpt-lr0.01-t512-seed0",

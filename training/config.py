@@ -175,6 +175,7 @@ class ArmConfig:
     # an arm's checkpoint folder, EXPERIMENT/ARM[-seedN] under checkpoint.dir, or an MLflow child run id.
     # Resolved when the run starts (training/pretrained.py), not when the YAML is loaded.
     init_from: str | None = None
+    enabled: bool = True  # false: defined (and validated) but trained only when named by --arms
 
     def tokens_per_step(self) -> int:
         return self.train.micro_batch_size * self.train.grad_accum_steps * self.model.context_length
@@ -270,7 +271,7 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 # ----------------------------------------------------------------------------- typed conversion
 
 SHARED_SECTIONS = {"model": ModelConfig, "train": TrainConfig, "optim": OptimConfig}
-ARM_KEYS = (*SHARED_SECTIONS, "init_from")  # what an arm may set
+ARM_KEYS = (*SHARED_SECTIONS, "init_from", "enabled")  # what an arm may set
 TOP_LEVEL_KEYS = {"name", "seeds", "data", "tokenizer", "model", "train", "optim", "arms", "targets", "tracking",
                   "checkpoint", "sweep", "baseline"}
 CHOICES = {
@@ -516,6 +517,7 @@ def build_experiment(raw: dict, source: str = "") -> ExperimentConfig:
                 raise ConfigError(f"arms.{arm_name}.{key}: unknown key (an arm sets only "
                                   f"{', '.join(ARM_KEYS)})")
         init_from = _convert(arm_raw.get("init_from"), str | None, f"arms.{arm_name}.init_from")
+        enabled = _convert(arm_raw.get("enabled", True), bool, f"arms.{arm_name}.enabled")
         if init_from is not None and not init_from.strip():
             raise ConfigError(f"arms.{arm_name}.init_from: must be a checkpoint path, EXPERIMENT/ARM or an "
                               f"MLflow run id, or null")
@@ -538,7 +540,7 @@ def build_experiment(raw: dict, source: str = "") -> ExperimentConfig:
                 if len(parts) >= 2 and parts[0] == section:
                     key_path = path_of(section, parts[1]) + "".join("." + p for p in parts[2:])
                 raise ConfigError(f"{key_path}:{rest}") from None
-        arm = ArmConfig(name=arm_name, **built, init_from=init_from.strip() if init_from else None)
+        arm = ArmConfig(name=arm_name, **built, init_from=init_from.strip() if init_from else None, enabled=enabled)
         if arm.model.vocab_size < TOKENIZER_VOCAB[tokenizer]:
             raise ConfigError(f"{path_of('model', 'vocab_size')}: {arm.model.vocab_size} is smaller than the "
                               f"{tokenizer} tokenizer's {TOKENIZER_VOCAB[tokenizer]} tokens")
@@ -639,6 +641,10 @@ def load_experiment(path: str | Path, overrides: list[str] = (), arms: list[str]
         if unknown:
             raise ConfigError(f"--arms: unknown arm {unknown[0]!r}; this experiment has {', '.join(known)}")
         cfg.arms = [a for a in cfg.arms if a.name in arms]
+    else:
+        cfg.arms = [a for a in cfg.arms if a.enabled]
+        if not cfg.arms:
+            raise ConfigError("arms: every arm has enabled: false; name the arms to train with --arms")
     if seeds:
         if len(set(seeds)) != len(seeds):
             raise ConfigError(f"--seeds: duplicate seeds in {seeds}")
