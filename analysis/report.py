@@ -130,7 +130,7 @@ def _sweep_outputs(data: ExperimentData, summary: pd.DataFrame, report: Report, 
                    level: float, n_resamples: int, seed: int) -> list[Path]:
     """The learning-rate search table and figure, and the cooldown-versus-full comparison."""
     from analysis.sweeps import compare_methods
-    from analysis.tables import write_lr_tables
+    from analysis.tables import format_cooldown_table, write_lr_tables
 
     written: list[Path] = []
     attempts = []
@@ -148,7 +148,11 @@ def _sweep_outputs(data: ExperimentData, summary: pd.DataFrame, report: Report, 
             report.cooldown_vs_full = compare_methods(full, cooldown)
             path = out_dir / "cooldown_vs_full.csv"
             report.cooldown_vs_full.to_csv(path, index=False)
-            written.append(path)
+            (out_dir / "cooldown_vs_full.md").write_text(format_cooldown_table(report.cooldown_vs_full) + "\n\n"
+                                                         "Tokens to target in budget mode from full runs (each budget "
+                                                         "its own schedule) and from WSD cooldown branches; difference "
+                                                         "= cooldown / full - 1.\n", encoding="utf-8")
+            written += [path, out_dir / "cooldown_vs_full.md"]
         attempts.append(("cooldown_vs_full", "fig_cooldown_vs_full",
                          (data.frame, data.cooldown_frame, data.targets)))
     if figures:

@@ -7,6 +7,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
 
 from analysis.curves import final_losses
 from analysis.figures import LOSS_LABEL, ArmStyle, NotApplicable, _ordered_arms, _target_lines, _tokens_axis, format_tokens
@@ -41,6 +42,9 @@ def fig_lr_search(table: pd.DataFrame, styles: dict[str, ArmStyle]) -> Figure:
                 ax.plot(failed["lr"], [1.0] * len(failed), linestyle="none", marker="x", color=st.color,
                         transform=ax.get_xaxis_transform(), clip_on=False)
     ax.set_xscale("log")
+    grid = sorted(table["lr"].astype(float).unique())
+    ax.set_xticks(grid, [f"{v:g}" for v in grid], rotation=45 if len(grid) > 4 else 0)  # exactly the rates run
+    ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("peak learning rate (log scale)")
     ax.set_ylabel("final " + LOSS_LABEL)
     ax.set_title("learning-rate search (circled: chosen; x: diverged)", fontsize=8)

@@ -89,4 +89,4 @@ def compare_methods(full: pd.DataFrame, cooldown: pd.DataFrame) -> pd.DataFrame:
     right = cooldown[keys + cols].rename(columns={c: f"{c}_cooldown" for c in cols})
     merged = left.merge(right, on=keys, how="outer")
     merged["difference"] = merged["tokens_to_target_cooldown"] / merged["tokens_to_target_full"] - 1.0
-    return merged.sort_values(keys, kind="stable", ignore_index=True)
+    return merged.sort_values(keys, ascending=[True, False, True], kind="stable", ignore_index=True)

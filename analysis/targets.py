@@ -250,6 +250,7 @@ SUMMARY_COLUMNS = [
     "n_budgets",
     "n_seeds",
     "n_reached",
+    "n_at_first",
     "reached",
     "final_val_loss",
     "best_val_loss",
@@ -262,6 +263,7 @@ SUMMARY_COLUMNS = [
     "time_speedup",
     "time_speedup_ci_low",
     "time_speedup_ci_high",
+    "speedup_bound",
 ]
 
 
@@ -405,6 +407,7 @@ def summarize(
             a = g[g["arm"] == arm]
             per_seed_tokens: dict[float, dict[Any, float | None]] = {t: {} for t in target_list}
             per_seed_secs: dict[float, dict[Any, float | None]] = {t: {} for t in target_list}
+            at_first: dict[float, set] = {t: set() for t in target_list}  # seeds already at target at the first budget
             finals: list[float] = []
             bests: list[float] = []
             budget_used = a["_budget"].max()
@@ -426,9 +429,12 @@ def summarize(
                     budgets_ = [ri[0] for ri in run_info]
                     losses_ = [ri[3] for ri in run_info]
                     secs_ = [ri[4] for ri in run_info]
+                    smallest = min(b_ for b_ in budgets_ if b_ > 0) if any(b_ > 0 for b_ in budgets_) else None
                     for t in target_list:
                         per_seed_tokens[t][key] = budget_tokens_to_target(budgets_, losses_, t)
                         per_seed_secs[t][key] = budget_tokens_to_target(secs_, losses_, t)
+                        if per_seed_tokens[t][key] is not None and per_seed_tokens[t][key] == smallest:
+                            at_first[t].add(key)  # only an upper bound: the crossing is below the smallest budget
                 else:
                     same = [ri for ri in run_info if ri[0] == largest[0] or
                             (math.isnan(ri[0]) and math.isnan(largest[0]))]
@@ -446,6 +452,7 @@ def summarize(
             per_arm[arm] = dict(
                 tokens=per_seed_tokens,
                 secs=per_seed_secs,
+                at_first=at_first,
                 final=_mean(finals),
                 best=_mean(bests),
                 budget=budget_used,
@@ -469,6 +476,7 @@ def summarize(
                     n_budgets=d["n_budgets"],
                     n_seeds=d["n_seeds"],
                     n_reached=len(reached_vals),
+                    n_at_first=len(d["at_first"][t]),
                     reached=len(reached_vals) > 0,
                     final_val_loss=d["final"],
                     best_val_loss=d["best"],
@@ -477,30 +485,39 @@ def summarize(
                     seconds_to_target=_mean([v for v in secs.values() if v is not None]),
                 )
                 nan = float("nan")
+                bound = ""
                 if baseline_arm in per_arm:
                     bd = per_arm[baseline_arm]
                     sp = _ratio_and_ci(bd["tokens"][t], toks, level=level,
                                        n_resamples=n_resamples, seed=seed)
                     tsp = _ratio_and_ci(bd["secs"][t], secs, level=level,
                                         n_resamples=n_resamples, seed=seed)
+                    # budget mode, target reached at the smallest budget: that budget is an upper bound of
+                    # the tokens. Baseline there: the ratio is unknown; only the arm there: a lower bound.
+                    if arm != baseline_arm and bd["at_first"][t]:
+                        sp = tsp = (nan, nan, nan)
+                        bound = "unknown"
+                    elif arm != baseline_arm and d["at_first"][t]:
+                        bound = "lower"
                 else:
                     sp = tsp = (nan, nan, nan)
                 row.update(
                     speedup=sp[0], speedup_ci_low=sp[1], speedup_ci_high=sp[2],
                     time_speedup=tsp[0], time_speedup_ci_low=tsp[1], time_speedup_ci_high=tsp[2],
+                    speedup_bound=bound,
                 )
                 rows.append(row)
 
     out = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     for col in ("context_length", "budget"):
         out[col] = out[col].astype("Int64")
-    for col in ("n_budgets", "n_seeds", "n_reached"):
+    for col in ("n_budgets", "n_seeds", "n_reached", "n_at_first"):
         out[col] = out[col].astype(int)
     out["reached"] = out["reached"].astype(bool)
     out["is_baseline"] = out["is_baseline"].astype(bool)
     float_cols = [c for c in SUMMARY_COLUMNS if c not in (
         "context_length", "arm", "is_baseline", "mode", "budget", "n_budgets", "n_seeds",
-        "n_reached", "reached")]
+        "n_reached", "n_at_first", "reached", "speedup_bound")]
     for col in float_cols:
         out[col] = out[col].astype(float)
     out.attrs.update(baseline_arm=baseline_arm, targets=target_list, ci_level=level)

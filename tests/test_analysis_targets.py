@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from analysis.errors import AnalysisWarning
+from analysis.tables import to_latex, to_markdown
 from analysis.targets import (
     bootstrap_ci,
     budget_tokens_to_target,
@@ -256,6 +257,24 @@ def test_summarize_budget_mode_auto_and_forced_curve():
     assert set(c["mode"]) == {"curve"}
     final = 10.0 - 0.5 * math.log(4e6)
     assert c.loc["gpt", "tokens_to_target"] == pytest.approx(4e6 * (11.0 - 2.9) / (11.0 - final))
+
+
+def test_budget_mode_flags_targets_reached_at_the_smallest_budget():
+    """Reached already at the smallest budget: the tokens are an upper bound, so the speedup is a lower
+    bound (only the arm there) or cannot be formed (the baseline there); the tables say so."""
+    finals = {"gpt": {1000: 6.0, 2000: 5.0, 4000: 4.0}, "ngpt": {1000: 4.5, 2000: 3.5, 4000: 2.5}}
+    runs = [dict(arm=arm, seed=seed, budget=b, points=[(0, 11.0), (b, loss)])
+            for arm, by_budget in finals.items() for b, loss in by_budget.items() for seed in (0, 1)]
+    s = summarize(_frame(runs), [6.5, 4.5, 3.0], "gpt", n_resamples=200).set_index(["target", "arm"])
+    assert s.loc[(6.5, "gpt"), "n_at_first"] == 2 and s.loc[(6.5, "gpt"), "tokens_to_target"] == 1000
+    assert math.isnan(s.loc[(6.5, "ngpt"), "speedup"]) and s.loc[(6.5, "ngpt"), "speedup_bound"] == "unknown"
+    assert s.loc[(4.5, "ngpt"), "n_at_first"] == 2 and s.loc[(4.5, "gpt"), "n_at_first"] == 0
+    assert s.loc[(4.5, "ngpt"), "speedup"] == pytest.approx(math.exp(0.5 * math.log(2)) * 2)  # 2828 / 1000
+    assert s.loc[(4.5, "ngpt"), "speedup_bound"] == "lower"
+    assert s.loc[(3.0, "ngpt"), "n_at_first"] == 0 and s.loc[(3.0, "ngpt"), "speedup_bound"] == ""
+    text = to_markdown(s.reset_index())
+    assert "\u2264 1.00k" in text and "< 1st budget" in text and "\u2265 2.83" in text
+    assert "$\\le$ 1.00k" in to_latex(s.reset_index())
 
 
 def test_summarize_mixed_budgets_falls_back_to_curve_with_warning():

@@ -86,6 +86,19 @@ def test_sweep_and_baseline_parse():
     assert "sweep" not in build_experiment(copy.deepcopy(BASE)).to_dict()  # old config hashes unchanged
 
 
+def test_disabled_arms_run_only_when_named(tmp_path):
+    raw = copy.deepcopy(BASE)
+    raw["arms"]["ngpt"]["enabled"] = False
+    path = tmp_path / "x.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert [a.name for a in load_experiment(path).arms] == ["gpt"]
+    assert [a.name for a in load_experiment(path, arms=["gpt", "ngpt"]).arms] == ["gpt", "ngpt"]
+    raw["arms"]["gpt"]["enabled"] = False
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="^arms: every arm has enabled: false"):
+        load_experiment(path)
+
+
 def test_shipped_experiments_load():
     for path in sorted((ROOT / "experiments").glob("*.yaml")):
         cfg = load_experiment(path)
@@ -120,8 +133,9 @@ BAD = [
     (("arms", {}), "arms: required"),
     (("arms", DELETE), "arms: required"),
     (("arms.gpt.data", {"dataset": "x"}), "arms.gpt.data: unknown key"),
-    (("arms.gpt.init_form", "x"), "arms.gpt.init_form: unknown key (an arm sets only model, train, optim, init_from)"),
+    (("arms.gpt.init_form", "x"), "arms.gpt.init_form: unknown key (an arm sets only model, train, optim, init_from, enabled)"),
     (("arms.gpt.init_from", 5), "arms.gpt.init_from: expected a string, got 5"),
+    (("arms.gpt.enabled", "no"), "arms.gpt.enabled: expected true or false, got 'no'"),
     (("arms.gpt.init_from", " "), "arms.gpt.init_from: must be a checkpoint path"),
     (("arms.gpt", "gpt"), "arms.gpt: expected a mapping"),
     (("seeds", []), "seeds: give at least one seed"),

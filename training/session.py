@@ -1,4 +1,9 @@
-"""One runner invocation: the MLflow parent run, each (seed, arm) child run, checkpoints and resume.
+"""One runner invocation: the MLflow parent run, a child run per unit (each (seed, arm), or each unit of a
+sweep: training/sweep.py), checkpoints and resume.
+
+Sweeps: the learning-rate search trains first; its choice (analysis.sweeps.select_lr) decides the main
+stage's units. A cooldown branch starts from its trunk's `branch_<step>.pt` and copies the trunk's
+metrics up to that step into its own MLflow run.
 
 Resume: an invocation that did not finish (killed, preempted, crashed) leaves
 `<checkpoint.dir>/<experiment>/<parent_run_id>/` behind. The next invocation of the same experiment
@@ -27,9 +32,8 @@ from pathlib import Path
 import torch
 
 from training.checkpoint import (CheckpointError, Invocation, check_writable, checkpoints_in, find_unfinished,
-                                 load_latest)
+                                 load_branch, load_latest)
 from training import sweep
-from training.checkpoint import load_branch
 from training.config import ArmConfig, ExperimentConfig, arm_to_dict, flatten
 from training.data import Splits
 from training.distributed import DistInfo, barrier, broadcast_object
@@ -219,9 +223,11 @@ def run_experiment(cfg: ExperimentConfig, splits: Splits, dist: DistInfo, *, pro
             print(f"\n{cfg.name}: {len(session.results)} runs ({len(session.results) - len(results)} failed)")
             report = log_report(tracker, cfg, parent_id)
             if report is not None:
-                from analysis.tables import format_summary
+                from analysis.tables import format_cooldown_table, format_summary
 
                 print(format_summary(report.summary))
+                if report.cooldown_vs_full is not None:
+                    print(f"\ncooldown branches vs full runs:\n{format_cooldown_table(report.cooldown_vs_full)}")
         else:
             table = summary_frame(results, cfg.targets, cfg.baseline_arm)
             text = format_table(table)

@@ -352,6 +352,8 @@ def train_arm(arm: ArmConfig, seed: int, splits: Splits, dist: DistInfo, logger,
             bar.update(tokens_per_step)
             if metrics:
                 bar.set_postfix(postfix, refresh=False)
+        if checkpoints is not None and step in checkpoints.branch_steps:  # before a preemption at this step
+            save(step, branch=True)
         if log_now and signum:
             path = save(step)
             if bar is not None:
@@ -359,8 +361,6 @@ def train_arm(arm: ArmConfig, seed: int, splits: Splits, dist: DistInfo, logger,
             raise Preempted(signum, path)
         if checkpoint_now:
             save(step)
-        if checkpoints is not None and step in checkpoints.branch_steps:
-            save(step, branch=True)
     if bar is not None:
         bar.close()
     result.tokens_seen = steps * tokens_per_step
