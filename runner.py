@@ -160,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         device_type = "cuda" if any(
             a.train.device == "cuda" or (a.train.device == "auto" and _cuda()) for a in cfg.arms) else "cpu"
+        if device_type == "cpu":  # CPU steps reuse their buffers' pages (2x faster on small models)
+            from training.allocator import keep_freed_memory
+
+            keep_freed_memory()
         dist = distributed.setup(device_type)
         stop = StopFlag()
         previous = {sig: signal.signal(sig, stop.request) for sig in (signal.SIGTERM, signal.SIGINT)}

@@ -13,6 +13,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from training.allocator import keep_freed_memory  # noqa: E402 - after the sys.path line
+
+keep_freed_memory()  # what the runner does on CPU: the in-process tests train as fast as the runner
+
 if not os.environ.get("DATGPT_DATA_DIR"):
     fallback = ROOT.parent / "shared" / "data"
     if fallback.is_dir():

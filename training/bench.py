@@ -155,6 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     from training.trainer import measure_peak_flops
 
+    if device.type == "cpu":  # as the runner does on CPU (training/allocator.py)
+        from training.allocator import keep_freed_memory
+
+        keep_freed_memory()
+
     peak = args.peak_flops or measure_peak_flops(device)
     rows = [bench_arm(c, args.batch, device, args.compile, args.warmup, args.steps, args.split_steps, peak)
             for c in configs]
