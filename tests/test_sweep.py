@@ -214,6 +214,10 @@ def test_sweep_end_to_end_with_cooldown_branches_and_resume(tmp_path, monkeypatc
     assert (_val_curve(uri, runs["gpt-lr0.01-t512-wsd-seed0"].info.run_id)
             == _val_curve(uri, runs["gpt-lr0.01-t512-seed0"].info.run_id))
     parent = next(iter({t["mlflow.parentRunId"] for t in tags.values()}))
+    folder = tmp_path / "checkpoints" / "tiny_sweep" / parent
+    assert not list(folder.glob("*/branch_*.pt"))  # deleted once their branch finished
+    final = torch.load(next((folder / "gpt-lr0.01-t512-wsd-seed0").glob("step_*.pt")), weights_only=True)
+    assert final["finished"] and "optimizer" not in final and "model" in final  # nothing resumes a finished run
     from mlflow import MlflowClient
 
     parent_tags = MlflowClient(uri).get_run(parent).data.tags

@@ -8,10 +8,10 @@ Layout, one folder per invocation (the MLflow parent run) so a finished run is n
 
 `invocation.json` records the config hash, the parent run and whether the invocation finished; each
 checkpoint holds the model and its config (`model_config`, read by `init_from` and the sampler), the
-optimizer, the step, the tokens seen, the RNG states, the evaluation curve so far, the config hash and
-the MLflow child run id. The data position is the step: batches are
-a pure function of (seed, step), and the learning rate a pure function of the tokens seen, so neither
-needs state of its own. Files are written to a temp file, fsynced, then renamed: a crash or a full disk
+optimizer (not in a run's final checkpoint: nothing resumes from it), the step, the tokens seen, the RNG
+states, the evaluation curve so far, the config hash and the MLflow child run id. The data position is
+the step: batches are a pure function of (seed, step), and the learning rate a pure function of the
+tokens seen, so neither needs state of its own. Files are written to a temp file, fsynced, then renamed: a crash or a full disk
 leaves the previous checkpoint intact. Loading uses `torch.load(weights_only=True)`.
 """
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from training.checkpoint import (CheckpointError, Invocation, check_writable, checkpoints_in, find_unfinished,
-                                 load_branch, load_latest)
+                                 branch_path, load_branch, load_latest)
 from training import sweep
 from training.config import ArmConfig, ExperimentConfig, arm_to_dict, flatten
 from training.data import Splits
@@ -384,6 +384,8 @@ class _Session:
         result.model = result.diagnostics = None  # results outlive the loop: keep no model (or GPU memory)
         _close(logger, "FINISHED")
         self.results[unit.key] = result
+        if branch_state is not None and dist.is_main:  # its own final checkpoint marks it done: free the disk
+            branch_path(self.invocation.folder / unit.branch_of, unit.branch_step).unlink(missing_ok=True)
         return result
 
 

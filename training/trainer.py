@@ -271,10 +271,12 @@ def train_arm(arm: ArmConfig, seed: int, splits: Splits, dist: DistInfo, logger,
         logger.flush(wait=True)
         result.tokens_seen, result.train_seconds = step * tokens_per_step, train_seconds
         result.wall_seconds = wall_before + time.perf_counter() - wall_start
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(),
+        state = {"model": model.state_dict(), "rng": rng_state(),
                  "tokens": step * tokens_per_step, "finished": step == steps, "result": result.to_state(),
                  "model_config": asdict(arm.model),
                  **checkpoints.identity}
+        if step != steps or branch:  # nothing resumes from a finished run: its optimizer state (2/3 of it) is left out
+            state["optimizer"] = optimizer.state_dict()
         if branch:
             return str(save_branch(checkpoints.folder, step, state))
         return str(save_checkpoint(checkpoints.folder, step, state, checkpoints.keep_last))
