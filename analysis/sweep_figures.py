@@ -72,6 +72,10 @@ def fig_cooldown_vs_full(frame: pd.DataFrame, cooldown_frame: pd.DataFrame | Non
                     **{**st.line_kwargs(), **kwargs})
     ax.set_xscale("log")
     _tokens_axis(ax.xaxis, log=True)
+    budgets = sorted(set(full["budget"].dropna().astype(float)) | set(cool["budget"].dropna().astype(float)))
+    if len(budgets) <= 8:  # label exactly the budgets that were run
+        ax.set_xticks(budgets, [format_tokens(b) for b in budgets])
+        ax.xaxis.set_minor_locator(NullLocator())
     _target_lines(ax, targets, where="right")
     ax.set_xlabel("token budget (tokens, log scale)")
     ax.set_ylabel("final " + LOSS_LABEL)
