@@ -97,8 +97,15 @@ def dry_run(cfg, splits) -> None:
     from training.config import arm_to_dict
 
     print(f"experiment {cfg.name!r} from {cfg.source}: seeds {cfg.seeds}, targets {cfg.targets}")
-    print(f"data: {splits.source} -> {splits.train.numel():,} train / {splits.val.numel():,} validation tokens "
-          f"({cfg.tokenizer})")
+    if splits is None:
+        from training.data import hf_source
+        from training.shards import cache_folder
+
+        print(f"data: {cfg.data.hf.name} ({cfg.data.hf.config or 'default config'}), not prepared yet: the first "
+              f"real run streams and tokenizes it into {cache_folder(*hf_source(cfg.data))} ({cfg.tokenizer})")
+    else:
+        print(f"data: {splits.source} -> {splits.train.numel():,} train / {splits.val.numel():,} validation tokens "
+              f"({cfg.tokenizer})")
     print(f"shared: {yaml.safe_dump({'data': dataclasses.asdict(cfg.data), 'tracking': dataclasses.asdict(cfg.tracking)}, sort_keys=False).strip()}")
     for arm in cfg.arms:
         with torch.device("meta"):
@@ -154,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
                                      f"is not divisible by --nproc-per-node {args.nproc_per_node}")
             return relaunch_under_torchrun(argv, args.nproc_per_node)
         context_length = max(arm.model.context_length for arm in cfg.arms)
+        if args.dry_run and cfg.data.hf is not None and not _hf_prepared(cfg.data):
+            dry_run(cfg, None)  # a dry run does not stream and tokenize a dataset (hours for FineWeb)
+            return 0
         splits = load_splits(cfg.data, cfg.tokenizer, context_length)
         if args.dry_run:
             dry_run(cfg, splits)
@@ -177,6 +187,20 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, TokenizerError, UsageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+def _hf_prepared(data) -> bool:
+    """Whether a `data.hf` dataset is already prepared in the cache (a complete manifest)."""
+    import json
+
+    from training.data import hf_source
+    from training.shards import MANIFEST, cache_folder
+
+    manifest = cache_folder(*hf_source(data)) / MANIFEST
+    try:
+        return bool(json.loads(manifest.read_text()).get("complete"))
+    except (OSError, ValueError):
+        return False
 
 
 def _cuda() -> bool:

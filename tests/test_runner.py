@@ -220,6 +220,18 @@ def test_dry_run_trains_nothing(tmp_path, data_dir):
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def test_dry_run_of_a_sweep_on_an_unprepared_hf_dataset(tmp_path, monkeypatch, capsys):
+    """The FineWeb protocol's dry run: every unit listed, the dataset not streamed nor anything written."""
+    monkeypatch.setenv("DATGPT_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)
+    assert runner.main([str(ROOT / "experiments" / "paper_protocol_fineweb.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "HuggingFaceFW/fineweb (sample-10BT), not prepared yet" in out
+    assert "== sweep: 9 search + 51 main runs" in out and "tokens trained in all: 27,581,743,104" in out
+    assert "branch of ngpt-lr0.0015-t1000000000-wsd-seed2 at step 763" in out
+    assert not (tmp_path / "data").exists() and not (tmp_path / "mlflow.db").exists()
+
+
 @pytest.mark.parametrize("args,message", [
     (["--set", "model.n_heads=3"], "error: model.n_heads: 3 does not divide n_embd=32"),
     (["--set", "train.tokenz=5"], "error: train.tokenz: unknown key (did you mean tokens?)"),
