@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from models import ModelConfig, build_model
 from training.bench import main
 
 
@@ -34,3 +35,22 @@ def test_bench_bad_input(capsys):
     assert err[0].startswith("error: --shape: unknown shape 'huge'")
     assert err[1] == "error: model: n_heads: 3 does not divide n_embd=32"
     assert err[2].startswith("error: --set: only model.* keys")
+
+
+def test_bench_activations_only(tmp_path, capsys):
+    """--steps 0 --activations: nothing timed, the saved activations predicted per arm."""
+    out = tmp_path / "bench.json"
+    assert main(["--shape", "tiny", "--context", "16", "--batch", "3", "--steps", "0", "--activations",
+                 "--device", "cpu", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "saved for backward (bf16 autocast, eager" in text and "ms/step" not in text
+    gpt, ngpt = json.loads(out.read_text())["rows"]
+    for row in (gpt, ngpt):
+        assert row["saved_activations_gib"] > 0 and row["saved_kib_per_token"] > 0
+        assert row["predicted_gib"] == pytest.approx(row["saved_activations_gib"] + row["weights_adamw_gib"])
+        assert row["weights_adamw_gib"] * 2**30 == pytest.approx(12 * sum(
+            p.numel() for p in build_model(ModelConfig(**row["config"])).parameters()))
+    # at this width the float32 log-softmax over the vocabulary of 50,304 dominates: 196.5 KiB per token
+    assert 196.5 < gpt["saved_kib_per_token"] < 1.1 * 196.5
+    assert main(["--shape", "tiny", "--steps", "0", "--device", "cpu"]) == 2
+    assert "--steps: 0 times nothing" in capsys.readouterr().err

@@ -9,6 +9,10 @@ precision rules as training (bf16 autocast with fp32 weights on CUDA, fp32 on CP
 over `--steps` un-instrumented steps; the split (forward / backward / optimizer / post-step) over
 `--split-steps` more steps with a device sync between phases, so it adds up to slightly more.
 
+`--activations` also predicts, per arm, the activations the step saves for its backward pass under bf16
+autocast (eager, or compiled with `--compile`), by tracing on fake tensors (training/activations.py): it
+works for any shape on a CPU, and with `--steps 0` nothing is timed.
+
 MFU convention: FLOPs per token = 6 x (parameters other than the input embedding) + 12 x layers x
 d_model x context, against the measured bf16 matrix-product peak of the GPU (`--peak-flops` to give one).
 """
@@ -92,7 +96,7 @@ def bench_arm(config: ModelConfig, batch: int, device: torch.device, compile_: b
     tokens_per_s = batch * config.context_length / seconds
     flops_per_token = model.flops_per_token(config.context_length)
     return {
-        "arm": config.kind if config.kind != "gpt" or not config.qk_norm else "gpt+qknorm",
+        "arm": arm_name(config),
         "ms_per_step": 1000 * seconds,
         "tokens_per_s": tokens_per_s,
         "mfu": flops_per_token * tokens_per_s / peak_flops if peak_flops else None,
@@ -117,6 +121,20 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def format_activations(rows: list[dict], compiled: bool) -> str:
+    lines = [f"saved for backward (bf16 autocast, {'compiled' if compiled else 'eager'}, predicted by tracing)",
+             f"{'arm':<11}{'GiB':>8}{'KiB/token':>11}{'vs first':>10}{'+ weights, AdamW GiB':>22}{'vs first':>10}"]
+    for row in rows:
+        lines.append(f"{row['arm']:<11}{row['saved_activations_gib']:>8.2f}{row['saved_kib_per_token']:>11.1f}"
+                     f"{row['saved_activations_gib'] / rows[0]['saved_activations_gib']:>9.2f}x"
+                     f"{row['predicted_gib']:>22.2f}{row['predicted_gib'] / rows[0]['predicted_gib']:>9.2f}x")
+    return "\n".join(lines)
+
+
+def arm_name(config: ModelConfig) -> str:
+    return config.kind if config.kind != "gpt" or not config.qk_norm else "gpt+qknorm"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--arms", default="gpt,ngpt", help="model kinds to compare, e.g. gpt,ngpt (first = reference)")
@@ -128,9 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="torch.compile the model and nGPT's post-step")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps (0: none, with --activations)")
     parser.add_argument("--split-steps", type=int, default=5)
     parser.add_argument("--peak-flops", type=float, help="MFU denominator (FLOP/s); default: measured on CUDA")
+    parser.add_argument("--activations", action="store_true",
+                        help="also predict the activations saved for backward (bf16 autocast) by tracing")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
 
@@ -142,8 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"--shape: unknown shape {args.shape!r}; known: {', '.join(SHAPES)}")
     if args.device == "cuda" and not torch.cuda.is_available():
         return fail("--device: cuda requested but torch sees no CUDA device")
-    if min(args.context, args.batch, args.steps, args.split_steps) < 1 or args.warmup < 0:
-        return fail("--context, --batch, --steps and --split-steps must be positive")
+    if min(args.context, args.batch, args.split_steps) < 1 or args.warmup < 0 or args.steps < 0:
+        return fail("--context, --batch and --split-steps must be positive, --steps and --warmup not negative")
+    if args.steps == 0 and not args.activations:
+        return fail("--steps: 0 times nothing; it needs --activations")
     try:
         shape = apply_overrides({"model": dict(SHAPES[args.shape], context_length=args.context)}, args.overrides)
         if set(shape) != {"model"}:
@@ -160,14 +182,23 @@ def main(argv: list[str] | None = None) -> int:
 
         keep_freed_memory()
 
-    peak = args.peak_flops or measure_peak_flops(device)
-    rows = [bench_arm(c, args.batch, device, args.compile, args.warmup, args.steps, args.split_steps, peak)
-            for c in configs]
-    print(f"{args.shape} x {args.batch} x {args.context} tokens, {args.device}"
-          f"{' (' + torch.cuda.get_device_name(device) + ')' if args.device == 'cuda' else ''}, "
-          f"{'bf16 autocast' if args.device == 'cuda' else 'fp32'}, {'compiled' if args.compile else 'eager'}, "
-          f"torch {torch.__version__}" + (f", peak {peak / 1e12:.0f} TFLOP/s" if peak else ""))
-    print(format_rows(rows))
+    if args.steps:
+        peak = args.peak_flops or measure_peak_flops(device)
+        rows = [bench_arm(c, args.batch, device, args.compile, args.warmup, args.steps, args.split_steps, peak)
+                for c in configs]
+        print(f"{args.shape} x {args.batch} x {args.context} tokens, {args.device}"
+              f"{' (' + torch.cuda.get_device_name(device) + ')' if args.device == 'cuda' else ''}, "
+              f"{'bf16 autocast' if args.device == 'cuda' else 'fp32'}, {'compiled' if args.compile else 'eager'}, "
+              f"torch {torch.__version__}" + (f", peak {peak / 1e12:.0f} TFLOP/s" if peak else ""))
+        print(format_rows(rows))
+    else:
+        peak, rows = None, [{"arm": arm_name(c), "config": asdict(c)} for c in configs]
+    if args.activations:
+        from training.activations import saved_activations
+
+        for config, row in zip(configs, rows):
+            row.update(saved_activations(config, args.batch, compiled=args.compile))
+        print(format_activations(rows, args.compile))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"shape": args.shape, "batch": args.batch, "context": args.context, "device": args.device,
