@@ -40,6 +40,10 @@ Precision: all normalizations run in the dtype of their input. Under bf16 autoca
 outputs are bf16 while the residual stream ``h`` stays float32 (embeddings and alpha are float32);
 the scale vectors are cast to the activation dtype before multiplying so no float32 copies of
 activations are made. :meth:`post_step` always normalizes the weights in float32.
+
+Memory: the residual update and the q/k normalization are autograd functions
+(:mod:`models.ngpt_ops`) that compute the forward exactly as written above but recompute the
+normalized intermediates in the backward pass instead of saving them, with float32 gradient math.
 """
 
 from __future__ import annotations
@@ -48,17 +52,11 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .config import ModelConfig
-from .layers import KVCache, LanguageModel, LayerKV, RotaryEmbedding, apply_rotary, causal_attention, silu_gate
-
-
-def l2_normalize(x: torch.Tensor, eps: float, dim: int = -1) -> torch.Tensor:
-    """The paper's ``Norm``: ``x / max(||x||_2, eps)`` along ``dim``, returned in ``x``'s dtype.
-
-    Exact for vectors longer than ``eps``; a zero vector gives zeros (finite, with a finite gradient
-    of ``1/eps``), not NaN."""
-    return (x / torch.linalg.vector_norm(x, dim=dim, keepdim=True).clamp_min(eps)).to(x.dtype)
+from .layers import KVCache, LanguageModel, LayerKV, RotaryEmbedding, causal_attention, silu_gate
+from .ngpt_ops import l2_normalize, normalized_step, rotary_normalize_scale
 
 
 class ScaledVector(nn.Module):
@@ -109,10 +107,9 @@ class NormalizedAttention(nn.Module):
         B, T, C = h.shape
         qkv = self.qkv(h).view(B, T, 3, self.n_heads, self.head_dim)
         qk, v = qkv[:, :, :2], qkv[:, :, 2]  # q and k handled together: same RoPE, Norm and s_qk
-        qk = apply_rotary(qk, cos, sin)
-        # q <- Norm(q) s_qk and k <- Norm(k) s_qk, per head, after RoPE (Sec. 2.3.2)
+        # q <- Norm(RoPE(q)) s_qk and k <- Norm(RoPE(k)) s_qk, per head (Sec. 2.3.2)
         s_qk = self.s_qk().view(self.n_heads, self.head_dim).to(qk.dtype)
-        qk = l2_normalize(qk, self.eps) * s_qk
+        qk = rotary_normalize_scale(qk, cos, sin, s_qk, self.eps)
         q, k = qk.unbind(dim=2)
         if cache is not None:  # decoding: k is cached after Norm and s_qk (both per token), so exact
             k, v = cache.update(k, v)
@@ -160,10 +157,10 @@ class NGPTBlock(nn.Module):
 
     def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: LayerKV | None = None) -> torch.Tensor:
-        h_a = l2_normalize(self.attn(h, cos, sin, cache), self.eps)  # h_A = Norm(Attn(h))
-        h = l2_normalize(h + self.alpha_attn() * (h_a - h), self.eps)  # h <- Norm(h + alpha_A (h_A - h))
-        h_m = l2_normalize(self.mlp(h), self.eps)  # h_M = Norm(MLP(h))
-        h = l2_normalize(h + self.alpha_mlp() * (h_m - h), self.eps)  # h <- Norm(h + alpha_M (h_M - h))
+        # h_A = Norm(Attn(h));  h <- Norm(h + alpha_A (h_A - h))   (Eq. 10)
+        h = normalized_step(h, self.attn(h, cos, sin, cache), self.alpha_attn(), self.eps)
+        # h_M = Norm(MLP(h));   h <- Norm(h + alpha_M (h_M - h))   (Eq. 11)
+        h = normalized_step(h, self.mlp(h), self.alpha_mlp(), self.eps)
         return h
 
 
@@ -267,8 +264,10 @@ class NGPT(LanguageModel):
             h = block(h, cos, sin, cache.layers[i] if cache is not None else None)
         if cache is not None:
             cache.length += idx.shape[1]
-        z = self.lm_head(h)  # z = E_output h, no final norm layer (h is unit-norm)
-        return z * self.s_z().to(z.dtype)  # z <- z s_z (Sec. 2.1)
+        # z = E_output h, then z <- z s_z (Sec. 2.1); no final norm layer (h is unit-norm). Computed as
+        # (s_z E_output) h, the same product: scaling the V x d matrix instead of the [B, T, V] logits
+        # saves a pass over the logits and a second copy of them kept for the backward pass.
+        return F.linear(h, self.lm_head.weight * self.s_z()[:, None])
 
     def optimizer_groups(self, weight_decay: float) -> list[dict]:
         """One group with every parameter and ``weight_decay=0.0``, whatever ``weight_decay`` says:
