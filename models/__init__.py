@@ -19,10 +19,13 @@ from .ngpt import NGPT
 MODEL_CLASSES: dict[str, type[nn.Module]] = {"gpt": GPT, "ngpt": NGPT}
 
 
-def build_model(config: ModelConfig) -> nn.Module:
+def build_model(config: ModelConfig, fused_norms: bool = True) -> nn.Module:
     """Validate ``config`` and build the model its ``kind`` names (initialized, on the default
-    device and dtype)."""
+    device and dtype). ``fused_norms=False`` builds nGPT with plain-autograd normalizations (see
+    :class:`NGPT`; for benchmarks and tests); the baseline ignores it."""
     config.validate()
+    if config.kind == "ngpt":
+        return NGPT(config, fused_norms=fused_norms)
     return MODEL_CLASSES[config.kind](config)
 
 

@@ -56,7 +56,13 @@ import torch.nn.functional as F
 
 from .config import ModelConfig
 from .layers import KVCache, LanguageModel, LayerKV, RotaryEmbedding, causal_attention, silu_gate
-from .ngpt_ops import l2_normalize, normalized_step, rotary_normalize_scale
+from .ngpt_ops import (
+    l2_normalize,
+    normalized_step,
+    normalized_step_reference,
+    rotary_normalize_scale,
+    rotary_normalize_scale_reference,
+)
 
 
 class ScaledVector(nn.Module):
@@ -93,11 +99,12 @@ class NormalizedAttention(nn.Module):
     the same vector scales q and k.
     """
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, fused_norms: bool = True) -> None:
         super().__init__()
         self.n_heads = config.n_heads
         self.head_dim = config.head_dim
         self.eps = config.ngpt_eps
+        self.rotary_normalize_scale = rotary_normalize_scale if fused_norms else rotary_normalize_scale_reference
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)  # rows [W_q; W_k; W_v]
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=False)  # W_o, columns unit-norm
         self.s_qk = ScaledVector(config.n_embd, config.s_qk_init, config.resolved_scale("s_qk"))
@@ -109,7 +116,7 @@ class NormalizedAttention(nn.Module):
         qk, v = qkv[:, :, :2], qkv[:, :, 2]  # q and k handled together: same RoPE, Norm and s_qk
         # q <- Norm(RoPE(q)) s_qk and k <- Norm(RoPE(k)) s_qk, per head (Sec. 2.3.2)
         s_qk = self.s_qk().view(self.n_heads, self.head_dim).to(qk.dtype)
-        qk = rotary_normalize_scale(qk, cos, sin, s_qk, self.eps)
+        qk = self.rotary_normalize_scale(qk, cos, sin, s_qk, self.eps)
         q, k = qk.unbind(dim=2)
         if cache is not None:  # decoding: k is cached after Norm and s_qk (both per token), so exact
             k, v = cache.update(k, v)
@@ -147,10 +154,11 @@ class NormalizedSwiGLU(nn.Module):
 class NGPTBlock(nn.Module):
     """One nGPT layer (Sec. 2.2.2): two normalized "eigen learning rate" steps, no norm layers."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, fused_norms: bool = True) -> None:
         super().__init__()
         self.eps = config.ngpt_eps
-        self.attn = NormalizedAttention(config)
+        self.normalized_step = normalized_step if fused_norms else normalized_step_reference
+        self.attn = NormalizedAttention(config, fused_norms)
         self.mlp = NormalizedSwiGLU(config)
         self.alpha_attn = ScaledVector(config.n_embd, config.alpha_attn_init, config.resolved_scale("alpha_attn"))
         self.alpha_mlp = ScaledVector(config.n_embd, config.alpha_mlp_init, config.resolved_scale("alpha_mlp"))
@@ -158,14 +166,20 @@ class NGPTBlock(nn.Module):
     def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: LayerKV | None = None) -> torch.Tensor:
         # h_A = Norm(Attn(h));  h <- Norm(h + alpha_A (h_A - h))   (Eq. 10)
-        h = normalized_step(h, self.attn(h, cos, sin, cache), self.alpha_attn(), self.eps)
+        h = self.normalized_step(h, self.attn(h, cos, sin, cache), self.alpha_attn(), self.eps)
         # h_M = Norm(MLP(h));   h <- Norm(h + alpha_M (h_M - h))   (Eq. 11)
-        h = normalized_step(h, self.mlp(h), self.alpha_mlp(), self.eps)
+        h = self.normalized_step(h, self.mlp(h), self.alpha_mlp(), self.eps)
         return h
 
 
 class NGPT(LanguageModel):
-    """The normalized transformer. See the module docstring for the architecture."""
+    """The normalized transformer. See the module docstring for the architecture.
+
+    ``fused_norms=False`` runs the residual updates and the q/k normalization with plain autograd
+    (:func:`~models.ngpt_ops.normalized_step_reference`, ...): the same model and forward values,
+    more memory saved for the backward pass. Training uses the default; the benchmark's
+    ``ngpt-plain`` arm measures the difference.
+    """
 
     #: Which matrices are kept unit-norm, and along which dim of the ``weight`` tensor (PyTorch
     #: stores Linear weights as ``[out, in]``): keys are parameter-name suffixes. Embedding and head
@@ -180,7 +194,7 @@ class NGPT(LanguageModel):
         "mlp.proj.weight": 0,
     }
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, fused_norms: bool = True) -> None:
         super().__init__()
         config.validate()
         if config.kind != "ngpt":
@@ -188,7 +202,7 @@ class NGPT(LanguageModel):
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # E_input, rows unit-norm
         self.rotary = RotaryEmbedding(config.head_dim, config.context_length, config.rope_base)
-        self.blocks = nn.ModuleList(NGPTBlock(config) for _ in range(config.n_layers))
+        self.blocks = nn.ModuleList(NGPTBlock(config, fused_norms) for _ in range(config.n_layers))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)  # E_output, rows unit-norm
         if config.tied_embeddings:
             self.lm_head.weight = self.wte.weight

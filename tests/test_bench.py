@@ -40,11 +40,13 @@ def test_bench_bad_input(capsys):
 def test_bench_activations_only(tmp_path, capsys):
     """--steps 0 --activations: nothing timed, the saved activations predicted per arm."""
     out = tmp_path / "bench.json"
-    assert main(["--shape", "tiny", "--context", "16", "--batch", "3", "--steps", "0", "--activations",
-                 "--device", "cpu", "--json", str(out)]) == 0
+    assert main(["--arms", "gpt,ngpt,ngpt-plain", "--shape", "tiny", "--context", "16", "--batch", "3",
+                 "--steps", "0", "--activations", "--device", "cpu", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "saved for backward (bf16 autocast, eager" in text and "ms/step" not in text
-    gpt, ngpt = json.loads(out.read_text())["rows"]
+    gpt, ngpt, plain = json.loads(out.read_text())["rows"]
+    assert (gpt["arm"], ngpt["arm"], plain["arm"]) == ("gpt", "ngpt", "ngpt-plain")
+    assert plain["config"] == ngpt["config"] and plain["saved_kib_per_token"] > ngpt["saved_kib_per_token"]
     for row in (gpt, ngpt):
         assert row["saved_activations_gib"] > 0 and row["saved_kib_per_token"] > 0
         assert row["predicted_gib"] == pytest.approx(row["saved_activations_gib"] + row["weights_adamw_gib"])

@@ -39,13 +39,13 @@ def _autocast(bf16: bool) -> torch.autocast:
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
 
 
-def saved_bytes_eager(config: ModelConfig, batch: int, bf16: bool = True) -> int:
+def saved_bytes_eager(config: ModelConfig, batch: int, bf16: bool = True, fused_norms: bool = True) -> int:
     """Bytes autograd keeps for the backward pass of one eager forward pass of ``batch`` sequences
     of ``config.context_length`` tokens (storages counted once, parameters excluded)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with FakeTensorMode():
-        model = build_model(config)
+        model = build_model(config, fused_norms)
         idx, targets = _inputs(config, batch)
         params = {p.untyped_storage()._cdata for p in model.parameters()}
         saved: dict[int, int] = {}
@@ -61,7 +61,7 @@ def saved_bytes_eager(config: ModelConfig, batch: int, bf16: bool = True) -> int
     return sum(saved.values())
 
 
-def saved_bytes_compiled(config: ModelConfig, batch: int, bf16: bool = True) -> int:
+def saved_bytes_compiled(config: ModelConfig, batch: int, bf16: bool = True, fused_norms: bool = True) -> int:
     """Bytes the ``torch.compile``-d (TorchInductor) forward pass saves for its backward pass, as
     Inductor's partitioner decides (storages counted once, parameters and inputs excluded)."""
     import torch._dynamo
@@ -87,7 +87,7 @@ def saved_bytes_compiled(config: ModelConfig, batch: int, bf16: bool = True) -> 
 
     torch._dynamo.reset()
     with FakeTensorMode():
-        model = build_model(config)
+        model = build_model(config, fused_norms)
         idx, targets = _inputs(config, batch)
     compiled = torch.compile(model, backend=lambda gm, inputs: compile_fx(gm, inputs, inner_compile=record),
                              fullgraph=True)
@@ -102,7 +102,8 @@ def saved_bytes_compiled(config: ModelConfig, batch: int, bf16: bool = True) -> 
     return found["bytes"]
 
 
-def saved_activations(config: ModelConfig, batch: int, compiled: bool, bf16: bool = True) -> dict:
+def saved_activations(config: ModelConfig, batch: int, compiled: bool, bf16: bool = True,
+                      fused_norms: bool = True) -> dict:
     """What one training step of ``batch`` sequences keeps in memory at the start of its backward
     pass, eager or compiled:
 
@@ -114,9 +115,9 @@ def saved_activations(config: ModelConfig, batch: int, compiled: bool, bf16: boo
       pass's transient buffers come on top).
 
     The saved bytes are exactly linear in the batch (the tests check it), so two traces serve any
-    batch."""
+    batch. ``fused_norms=False``: nGPT with plain-autograd normalizations (:class:`models.NGPT`)."""
     measure = saved_bytes_compiled if compiled else saved_bytes_eager
-    one, two = measure(config, 1, bf16), measure(config, 2, bf16)
+    one, two = measure(config, 1, bf16, fused_norms), measure(config, 2, bf16, fused_norms)
     saved = (one + (batch - 1) * (two - one)) / 2**30
     with torch.device("meta"):
         weights = 12 * build_model(config).num_params() / 2**30

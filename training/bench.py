@@ -43,10 +43,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+#: benchmark arms that are not a model kind: nGPT with its normalizations in plain autograd
+VARIANTS = {"ngpt-plain": ("ngpt", False)}
+
+
+def parse_arm(name: str) -> tuple[str, bool]:
+    """An ``--arms`` entry -> ``(model kind, fused_norms)``; unknown names are left to ModelConfig."""
+    return VARIANTS.get(name, (name, True))
+
+
 def bench_arm(config: ModelConfig, batch: int, device: torch.device, compile_: bool, warmup: int, steps: int,
-              split_steps: int, peak_flops: float | None) -> dict:
+              split_steps: int, peak_flops: float | None, fused_norms: bool = True) -> dict:
     torch.manual_seed(0)
-    model = build_model(config).to(device)
+    model = build_model(config, fused_norms).to(device)
     optimizer = torch.optim.AdamW(model.optimizer_groups(0.1), lr=1e-4, betas=(0.9, 0.95),
                                   fused=device.type == "cuda")
     forward = torch.compile(model) if compile_ else model
@@ -96,7 +105,7 @@ def bench_arm(config: ModelConfig, batch: int, device: torch.device, compile_: b
     tokens_per_s = batch * config.context_length / seconds
     flops_per_token = model.flops_per_token(config.context_length)
     return {
-        "arm": arm_name(config),
+        "arm": arm_name(config, fused_norms),
         "ms_per_step": 1000 * seconds,
         "tokens_per_s": tokens_per_s,
         "mfu": flops_per_token * tokens_per_s / peak_flops if peak_flops else None,
@@ -131,13 +140,17 @@ def format_activations(rows: list[dict], compiled: bool) -> str:
     return "\n".join(lines)
 
 
-def arm_name(config: ModelConfig) -> str:
-    return config.kind if config.kind != "gpt" or not config.qk_norm else "gpt+qknorm"
+def arm_name(config: ModelConfig, fused_norms: bool = True) -> str:
+    if config.kind == "gpt":
+        return "gpt+qknorm" if config.qk_norm else "gpt"
+    return config.kind if fused_norms else f"{config.kind}-plain"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arms", default="gpt,ngpt", help="model kinds to compare, e.g. gpt,ngpt (first = reference)")
+    parser.add_argument("--arms", default="gpt,ngpt",
+                        help="model kinds to compare, e.g. gpt,ngpt (first = reference); ngpt-plain: nGPT with "
+                             "plain-autograd normalizations (models/ngpt_ops.py)")
     parser.add_argument("--shape", default="gpt2-small", help=f"model shape: {', '.join(SHAPES)}")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="model.KEY=VALUE",
                         help="override a model key, e.g. --set model.n_layers=24 --set model.qk_norm=true")
@@ -171,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         if set(shape) != {"model"}:
             return fail(f"--set: only model.* keys can be set here, got {', '.join(k for k in shape if k != 'model')}")
         base = ModelConfig(**shape["model"])
-        configs = [replace(base, kind=kind.strip()) for kind in args.arms.split(",") if kind.strip()]
+        arms = [parse_arm(name.strip()) for name in args.arms.split(",") if name.strip()]
+        configs = [replace(base, kind=kind) for kind, _ in arms]
     except (ConfigError, TypeError, ValueError) as err:
         return fail(f"model: {err}")
     device = torch.device(args.device)
@@ -184,20 +198,20 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.steps:
         peak = args.peak_flops or measure_peak_flops(device)
-        rows = [bench_arm(c, args.batch, device, args.compile, args.warmup, args.steps, args.split_steps, peak)
-                for c in configs]
+        rows = [bench_arm(c, args.batch, device, args.compile, args.warmup, args.steps, args.split_steps, peak, fused)
+                for c, (_, fused) in zip(configs, arms)]
         print(f"{args.shape} x {args.batch} x {args.context} tokens, {args.device}"
               f"{' (' + torch.cuda.get_device_name(device) + ')' if args.device == 'cuda' else ''}, "
               f"{'bf16 autocast' if args.device == 'cuda' else 'fp32'}, {'compiled' if args.compile else 'eager'}, "
               f"torch {torch.__version__}" + (f", peak {peak / 1e12:.0f} TFLOP/s" if peak else ""))
         print(format_rows(rows))
     else:
-        peak, rows = None, [{"arm": arm_name(c), "config": asdict(c)} for c in configs]
+        peak, rows = None, [{"arm": arm_name(c, fused), "config": asdict(c)} for c, (_, fused) in zip(configs, arms)]
     if args.activations:
         from training.activations import saved_activations
 
-        for config, row in zip(configs, rows):
-            row.update(saved_activations(config, args.batch, compiled=args.compile))
+        for config, (_, fused), row in zip(configs, arms, rows):
+            row.update(saved_activations(config, args.batch, compiled=args.compile, fused_norms=fused))
         print(format_activations(rows, args.compile))
     if args.json:
         with open(args.json, "w") as f:
