@@ -189,7 +189,9 @@ def _histories(uri: str, experiment: str) -> dict:
 
 def test_two_gloo_processes_match_one_process(tmp_path, data_dir):
     """2 processes x 1 micro-batch each == 1 process x 2 accumulation steps (same global batch)."""
-    path = write_yaml(tmp_path, name="tiny_ddp")
+    # the end-of-run extras (model logging, samples, diagnostics) are tested elsewhere; off here for speed
+    path = write_yaml(tmp_path, name="tiny_ddp",
+                      tracking={"log_models": False, "log_samples": False, "log_diagnostics": False})
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/one.db", "OMP_NUM_THREADS": "1"}
     common = [sys.executable, str(ROOT / "runner.py"), str(path), "--no-progress"]
     one = subprocess.run(common, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
