@@ -278,10 +278,15 @@ class NGPT(LanguageModel):
             h = block(h, cos, sin, cache.layers[i] if cache is not None else None)
         if cache is not None:
             cache.length += idx.shape[1]
-        # z = E_output h, then z <- z s_z (Sec. 2.1); no final norm layer (h is unit-norm). Computed as
-        # (s_z E_output) h, the same product: scaling the V x d matrix instead of the [B, T, V] logits
-        # saves a pass over the logits and a second copy of them kept for the backward pass.
-        return F.linear(h, self.lm_head.weight * self.s_z()[:, None])
+        # z = E_output h, then z <- z s_z (Sec. 2.1); no final norm layer (h is unit-norm). With
+        # gradients on (training) it is computed as (s_z E_output) h, the same product: scaling the
+        # V x d matrix instead of the [B, T, V] logits saves a pass over the logits and a second copy of
+        # them kept for the backward pass. Without (evaluation, decoding a token at a time) the logits
+        # are scaled, which costs less than rescaling the matrix for a few positions.
+        if torch.is_grad_enabled():
+            return F.linear(h, self.lm_head.weight * self.s_z()[:, None])
+        z = self.lm_head(h)
+        return z * self.s_z().to(z.dtype)
 
     def optimizer_groups(self, weight_decay: float) -> list[dict]:
         """One group with every parameter and ``weight_decay=0.0``, whatever ``weight_decay`` says:

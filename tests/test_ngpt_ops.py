@@ -223,3 +223,18 @@ def test_logit_scale_keeps_no_second_copy_of_the_logits():
         ModelConfig(kind=kind, n_layers=1, n_heads=2, n_embd=32, vocab_size=50304, context_length=16),
         batch=2, compiled=False)["saved_kib_per_token"] for kind in ("gpt", "ngpt")}
     assert abs(per_token["ngpt"] - per_token["gpt"]) < 0.25 * 50304 * 2, per_token
+
+
+def test_logit_scale_same_values_with_and_without_gradients():
+    """s_z scales the head's rows when gradients are on and the logits when they are off (evaluation,
+    decoding): the same logits either way, up to float32 rounding."""
+    torch.manual_seed(0)
+    model = build_model(tiny_shape("ngpt"))
+    with torch.no_grad():
+        model.s_z.weight.uniform_(0.5, 2.0)
+    idx = torch.randint(0, 64, (2, 16))
+    training = model.logits(idx)
+    assert training.grad_fn is not None
+    with torch.no_grad():
+        evaluation = model.logits(idx)
+    torch.testing.assert_close(evaluation, training.detach(), rtol=1e-5, atol=1e-6)
