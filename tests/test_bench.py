@@ -31,7 +31,9 @@ def test_bench_bad_input(capsys):
     assert main(["--shape", "huge"]) == 2
     assert main(["--shape", "tiny", "--set", "model.n_heads=3", "--device", "cpu"]) == 2
     assert main(["--shape", "tiny", "--set", "train.tokens=5", "--device", "cpu"]) == 2
+    assert main(["--shape", "tiny", "--arms", "gpt,ngpt-plan", "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
+    assert err[3] == "error: --arms: unknown arm 'ngpt-plan'; known: gpt, ngpt, ngpt-plain"
     assert err[0].startswith("error: --shape: unknown shape 'huge'")
     assert err[1] == "error: model: n_heads: 3 does not divide n_embd=32"
     assert err[2].startswith("error: --set: only model.* keys")

@@ -28,6 +28,7 @@ from dataclasses import asdict, replace
 import torch
 
 from models import ModelConfig, build_model
+from models.config import KINDS
 from training.config import ConfigError, apply_overrides
 
 SHAPES = {  # shared model shapes; the arm sets `kind`
@@ -48,7 +49,7 @@ VARIANTS = {"ngpt-plain": ("ngpt", False)}
 
 
 def parse_arm(name: str) -> tuple[str, bool]:
-    """An ``--arms`` entry -> ``(model kind, fused_norms)``; unknown names are left to ModelConfig."""
+    """An ``--arms`` entry (a model kind or a key of :data:`VARIANTS`) -> ``(model kind, fused_norms)``."""
     return VARIANTS.get(name, (name, True))
 
 
@@ -184,7 +185,12 @@ def main(argv: list[str] | None = None) -> int:
         if set(shape) != {"model"}:
             return fail(f"--set: only model.* keys can be set here, got {', '.join(k for k in shape if k != 'model')}")
         base = ModelConfig(**shape["model"])
-        arms = [parse_arm(name.strip()) for name in args.arms.split(",") if name.strip()]
+        names = [name.strip() for name in args.arms.split(",") if name.strip()]
+        unknown = [name for name in names if name not in KINDS and name not in VARIANTS]
+        if unknown or not names:
+            what = f"unknown arm {', '.join(map(repr, unknown))}" if unknown else "no arm given"
+            return fail(f"--arms: {what}; known: {', '.join((*KINDS, *VARIANTS))}")
+        arms = [parse_arm(name) for name in names]
         configs = [replace(base, kind=kind) for kind, _ in arms]
     except (ConfigError, TypeError, ValueError) as err:
         return fail(f"model: {err}")
