@@ -8,7 +8,6 @@ from dataclasses import replace
 import pytest
 import torch
 
-import models.ngpt as ngpt_module
 from models import ModelConfig, build_model
 from models.layers import RotaryEmbedding
 from models.ngpt_ops import (
@@ -204,8 +203,7 @@ def test_compiled_ngpt_gradients_match_eager():
 
     torch._dynamo.reset()
     torch.manual_seed(0)
-    model = ngpt_module.NGPT(ModelConfig(kind="ngpt", n_layers=1, n_heads=2, n_embd=32, vocab_size=64,
-                                         context_length=16))
+    model = build_model(replace(tiny_shape("ngpt"), n_layers=1))
     idx, targets = torch.randint(0, 64, (2, 16)), torch.randint(0, 64, (2, 16))
     model(idx, targets)[1].backward()
     eager = {name: p.grad.clone() for name, p in model.named_parameters()}
