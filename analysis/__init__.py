@@ -26,12 +26,12 @@ from analysis.errors import (
 if TYPE_CHECKING:  # pragma: no cover
     from analysis.load import ExperimentData, load_experiment
     from analysis.report import Report, build_report
+    from analysis.summary import summarize
     from analysis.targets import (
         bootstrap_ci,
         budget_tokens_to_target,
         seconds_to_target,
         speedup,
-        summarize,
         tokens_to_target,
         x_to_target,
     )
@@ -41,7 +41,7 @@ _LAZY = {
     "Report": "analysis.report",
     "load_experiment": "analysis.load",
     "ExperimentData": "analysis.load",
-    "summarize": "analysis.targets",
+    "summarize": "analysis.summary",
     "tokens_to_target": "analysis.targets",
     "seconds_to_target": "analysis.targets",
     "x_to_target": "analysis.targets",

@@ -7,6 +7,8 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from analysis import record
+
 __all__ = ["curve_runs", "mean_over_seeds", "final_losses", "context_lengths", "select_context"]
 
 
@@ -75,7 +77,7 @@ def mean_over_seeds(frame: pd.DataFrame, metric: str, x: str = "tokens") -> pd.D
     return pd.concat(rows, ignore_index=True)
 
 
-def final_losses(frame: pd.DataFrame, metric: str = "val/loss") -> pd.DataFrame:
+def final_losses(frame: pd.DataFrame, metric: str = record.VAL_LOSS) -> pd.DataFrame:
     """Last value of ``metric`` of every run, with its arm, seed, budget and context length."""
     sub = frame[frame["metric"] == metric].sort_values(["run_id", "step"], kind="stable")
     last = sub.groupby("run_id", sort=False).tail(1)

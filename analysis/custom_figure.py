@@ -16,6 +16,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from analysis import record
 from analysis.errors import AnalysisError
 from analysis.figures import arm_styles, save_figure, style_context
 from analysis.load import load_experiment
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     frame = data.frame                       # the tidy frame
-    val = frame[frame["metric"] == "val/loss"]
+    val = frame[frame["metric"] == record.VAL_LOSS]
     styles = arm_styles(data.arms, data.baseline_arm)   # same look as the built-in figures
 
     with style_context():

@@ -42,6 +42,7 @@ from matplotlib.ticker import (
     ScalarFormatter,
 )
 
+from analysis import record
 from analysis.curves import (
     context_lengths,
     curve_runs,
@@ -176,7 +177,7 @@ def _markevery(i: int) -> tuple[float, float]:
     return (0.02 * (i % 5), 0.1)
 
 
-def _target_lines(ax: Any, targets: Sequence[float], where: str = "left") -> None:
+def target_lines(ax: Any, targets: Sequence[float], where: str = "left") -> None:
     """Dotted horizontal line per target, labelled at the left (curves fall from the upper left)."""
     for t in targets:
         ax.axhline(t, **_TARGET_LINE)
@@ -186,14 +187,14 @@ def _target_lines(ax: Any, targets: Sequence[float], where: str = "left") -> Non
                     fontsize=7, color="0.25")
 
 
-def _tokens_axis(axis: Any, log: bool = False) -> None:
+def tokens_axis(axis: Any, log: bool = False) -> None:
     axis.set_major_formatter(FuncFormatter(format_tokens))
     if log:
         axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         axis.set_minor_formatter(NullFormatter())
 
 
-def _ordered_arms(arms: Sequence[str], styles: dict[str, ArmStyle]) -> list[str]:
+def ordered_arms(arms: Sequence[str], styles: dict[str, ArmStyle]) -> list[str]:
     order = list(styles)
     return sorted(dict.fromkeys(arms), key=lambda a: order.index(a) if a in order else len(order))
 
@@ -210,15 +211,15 @@ def _n_seeds(runs: pd.DataFrame, arm: str) -> int:
 def fig_val_loss(frame: pd.DataFrame, targets: Sequence[float], styles: dict[str, ArmStyle],
                  x: str = "tokens") -> Figure:
     """Validation loss vs tokens (or vs ``elapsed_s``), mean over seeds with a min..max band."""
-    runs = curve_runs(frame[frame["metric"] == "val/loss"])
-    band = mean_over_seeds(runs, "val/loss", x=x)
+    runs = curve_runs(frame[frame["metric"] == record.VAL_LOSS])
+    band = mean_over_seeds(runs, record.VAL_LOSS, x=x)
     if band.empty:
-        what = "tokens" if x == "tokens" else "time/elapsed_s"
-        raise NotApplicable(f"no val/loss values with a known {what}")
+        what = record.TOKENS if x == "tokens" else record.ELAPSED_S
+        raise NotApplicable(f"no {record.VAL_LOSS} values with a known {what}")
     fig = Figure(figsize=(5.0, 3.3))
     ax = fig.subplots()
     any_band = False
-    for i, arm in enumerate(_ordered_arms(band["arm"].unique(), styles)):
+    for i, arm in enumerate(ordered_arms(band["arm"].unique(), styles)):
         b = band[band["arm"] == arm]
         n = _n_seeds(runs, arm)
         label = arm if n <= 1 else f"{arm} (mean of {n} seeds)"
@@ -228,10 +229,10 @@ def fig_val_loss(frame: pd.DataFrame, targets: Sequence[float], styles: dict[str
         if n > 1:
             any_band = True
             ax.fill_between(xs, lo, hi, color=styles[arm].color, alpha=0.15, linewidth=0)
-    _target_lines(ax, targets)
+    target_lines(ax, targets)
     if x == "tokens":
         ax.set_xlabel(TOKENS_LABEL)
-        _tokens_axis(ax.xaxis)
+        tokens_axis(ax.xaxis)
     else:
         ax.set_xlabel("training time (s)")
     ax.set_ylabel(LOSS_LABEL)
@@ -253,7 +254,7 @@ def fig_tokens_to_target(summary: pd.DataFrame, styles: dict[str, ArmStyle],
     if not summary["reached"].any():
         raise NotApplicable("no arm reached any target")
     targets = list(dict.fromkeys(summary["target"].tolist()))
-    arms = _ordered_arms(summary["arm"].unique(), styles)
+    arms = ordered_arms(summary["arm"].unique(), styles)
     others = [a for a in arms if a != baseline_arm]
     has_speedup = bool(np.isfinite(summary.loc[summary["arm"] != baseline_arm, "speedup"]).any())
     ncols = 2 if has_speedup else 1
@@ -279,7 +280,7 @@ def fig_tokens_to_target(summary: pd.DataFrame, styles: dict[str, ArmStyle],
     ax.set_xlim(-0.6, len(targets) - 0.4)
     ax.set_xlabel("target " + LOSS_LABEL)
     ax.set_ylabel("tokens to target")
-    _tokens_axis(ax.yaxis)
+    tokens_axis(ax.yaxis)
     ax.set_ylim(bottom=0)
 
     if has_speedup:
@@ -324,7 +325,7 @@ def fig_final_loss_vs_budget(frame: pd.DataFrame, summary: pd.DataFrame,
         raise NotApplicable("every arm was trained at a single token budget (curve mode)")
     fig = Figure(figsize=(5.0, 3.3))
     ax = fig.subplots()
-    for arm in _ordered_arms(multi.index.tolist(), styles):
+    for arm in ordered_arms(multi.index.tolist(), styles):
         g = fl[fl["arm"] == arm].groupby("budget")["value"].agg(["mean", "min", "max"])
         g = g.sort_index()
         b = g.index.to_numpy(dtype=float)
@@ -338,12 +339,12 @@ def fig_final_loss_vs_budget(frame: pd.DataFrame, summary: pd.DataFrame,
                 ax.plot(s["tokens_to_target"], s["target"], linestyle="none", marker="|",
                         markersize=10, markeredgewidth=1.5, color=st.color)
     ax.set_xscale("log")
-    _tokens_axis(ax.xaxis, log=True)
+    tokens_axis(ax.xaxis, log=True)
     budgets = np.unique(pd.to_numeric(fl["budget"], errors="coerce").dropna().to_numpy(float))
     if budgets.size <= 8:  # label exactly the budgets that were run
         ax.set_xticks(budgets, [format_tokens(b) for b in budgets])
         ax.xaxis.set_minor_locator(NullLocator())
-    _target_lines(ax, targets, where="right")
+    target_lines(ax, targets, where="right")
     ax.set_xlabel("token budget (tokens, log scale)")
     ax.set_ylabel("final " + LOSS_LABEL)
     ax.legend(loc="best")
@@ -372,7 +373,7 @@ def fig_speedup_vs_context(summary: pd.DataFrame, styles: dict[str, ArmStyle],
     ctx_ticks = sorted(int(c) for c in pd.to_numeric(s["context_length"]).dropna().unique())
     for k, t in enumerate(targets):
         ax = axes[k]
-        for arm in _ordered_arms(s["arm"].unique(), styles):
+        for arm in ordered_arms(s["arm"].unique(), styles):
             r = s[(s["arm"] == arm) & (s["target"] == t)].sort_values("context_length")
             x = r["context_length"].to_numpy(float)
             sp = r["speedup"].to_numpy(float)
@@ -398,25 +399,25 @@ def fig_speedup_vs_context(summary: pd.DataFrame, styles: dict[str, ArmStyle],
 
 def fig_train_loss_lr(frame: pd.DataFrame, styles: dict[str, ArmStyle]) -> Figure:
     """Training loss (top) and learning rate (bottom) vs tokens."""
-    runs = curve_runs(frame[frame["metric"].isin(["train/loss", "lr"])])
-    tl = mean_over_seeds(runs, "train/loss") if not runs.empty else pd.DataFrame()
-    lr = mean_over_seeds(runs, "lr") if not runs.empty else pd.DataFrame()
-    panels = [(name, d) for name, d in (("train/loss", tl), ("lr", lr)) if not d.empty]
+    runs = curve_runs(frame[frame["metric"].isin([record.TRAIN_LOSS, record.LR])])
+    tl = mean_over_seeds(runs, record.TRAIN_LOSS) if not runs.empty else pd.DataFrame()
+    lr = mean_over_seeds(runs, record.LR) if not runs.empty else pd.DataFrame()
+    panels = [(name, d) for name, d in ((record.TRAIN_LOSS, tl), (record.LR, lr)) if not d.empty]
     if not panels:
         raise NotApplicable("no train/loss or lr metric with tokens")
     fig = Figure(figsize=(5.0, 2.1 * len(panels) + 0.5))
     axes = np.atleast_1d(fig.subplots(len(panels), 1, sharex=True, squeeze=False)).ravel()
     for ax, (name, d) in zip(axes, panels):
         window = 1
-        for i, arm in enumerate(_ordered_arms(d["arm"].unique(), styles)):
+        for i, arm in enumerate(ordered_arms(d["arm"].unique(), styles)):
             b = d[d["arm"] == arm]
             y = b["mean"]
-            if name == "train/loss" and len(b) > 200:
+            if name == record.TRAIN_LOSS and len(b) > 200:
                 window = max(window, len(b) // 100)
                 y = y.rolling(len(b) // 100, center=True, min_periods=1).mean()
             xs, ys = _thin(b["x"].to_numpy(), y.to_numpy())
             ax.plot(xs, ys, label=arm, markevery=_markevery(i), **styles[arm].line_kwargs())
-        if name == "train/loss":
+        if name == record.TRAIN_LOSS:
             ax.set_ylabel("training loss (nats/token)")
             if window > 1:
                 ax.annotate(f"moving average over {window} logged steps", xy=(0.99, 0.97),
@@ -431,7 +432,7 @@ def fig_train_loss_lr(frame: pd.DataFrame, styles: dict[str, ArmStyle]) -> Figur
             if len(panels) == 1:
                 ax.legend(loc="best")
     axes[-1].set_xlabel(TOKENS_LABEL)
-    _tokens_axis(axes[-1].xaxis)
+    tokens_axis(axes[-1].xaxis)
     return fig
 
 

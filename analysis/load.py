@@ -31,6 +31,7 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import pandas as pd
 
+from analysis import record
 from analysis.errors import (
     AnalysisWarning,
     NoRunsError,
@@ -48,31 +49,12 @@ __all__ = [
     "ExperimentData",
     "ParentInfo",
     "resolve_tracking_uri",
+    "check_local_store",
     "list_experiments",
     "list_parents",
     "load_experiment",
 ]
 
-# tag / param / metric names of the contract
-TAG_ROLE = "datgpt.role"
-TAG_TARGETS = "datgpt.targets"
-TAG_BASELINE = "datgpt.baseline_arm"
-TAG_CONFIG_HASH = "datgpt.config_hash"
-TAG_GIT_COMMIT = "datgpt.git_commit"
-TAG_ARM = "datgpt.arm"
-TAG_SEED = "datgpt.seed"
-TAG_MODEL_KIND = "datgpt.model_kind"
-TAG_PARENT = "mlflow.parentRunId"
-TAG_STAGE = "datgpt.sweep_stage"  # lr_search | main (sweeps)
-TAG_METHOD = "datgpt.budget_method"  # full | cooldown (sweeps)
-TAG_LR_SELECTED = "datgpt.lr_selected"  # on lr_search runs: true | false
-TAG_BRANCH_OF = "datgpt.branch_of"
-PARAM_BUDGET = "train.tokens"
-PARAM_LR = "optim.lr"
-PARAM_CONTEXT = "model.context_length"
-METRIC_TOKENS = "tokens"
-METRIC_ELAPSED = "time/elapsed_s"
-METRIC_VAL_LOSS = "val/loss"
 
 FRAME_COLUMNS = [
     "experiment",
@@ -176,7 +158,7 @@ def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
     return mlflow.get_tracking_uri()
 
 
-def _check_local_store(uri: str) -> None:
+def check_local_store(uri: str) -> None:
     """Refuse to read a local store that does not exist (MLflow would silently create it)."""
     hint = "set MLFLOW_TRACKING_URI or pass --tracking-uri"
     if uri.startswith("sqlite:"):
@@ -194,7 +176,7 @@ def _check_local_store(uri: str) -> None:
 
 def _client(tracking_uri: str | None) -> tuple["MlflowClient", str]:
     uri = resolve_tracking_uri(tracking_uri)
-    _check_local_store(uri)
+    check_local_store(uri)
     from mlflow.tracking import MlflowClient
 
     try:
@@ -227,10 +209,10 @@ def list_parents(experiment: str, tracking_uri: str | None = None) -> list[tuple
     runs = _search_all_runs(client, exp.experiment_id)
     counts: dict[str, int] = {}
     for r in runs:
-        if r.data.tags.get(TAG_ROLE) != "parent" and TAG_PARENT in r.data.tags:
-            counts[r.data.tags[TAG_PARENT]] = counts.get(r.data.tags[TAG_PARENT], 0) + 1
+        if r.data.tags.get(record.TAG_ROLE) != record.ROLE_PARENT and record.TAG_PARENT in r.data.tags:
+            counts[r.data.tags[record.TAG_PARENT]] = counts.get(r.data.tags[record.TAG_PARENT], 0) + 1
     return [(_parent_info(r), counts.get(r.info.run_id, 0)) for r in runs
-            if r.data.tags.get(TAG_ROLE) == "parent"]
+            if r.data.tags.get(record.TAG_ROLE) == record.ROLE_PARENT]
 
 
 def _get_experiment(client: "MlflowClient", uri: str, experiment: str) -> Any:
@@ -297,7 +279,7 @@ def _parse_targets(text: str | None, run_id: str) -> list[float]:
             out.append(float(v))
     except (TypeError, ValueError):
         warnings.warn(
-            f"parent run {run_id}: cannot parse tag {TAG_TARGETS}={text!r}; ignoring it",
+            f"parent run {run_id}: cannot parse tag {record.TAG_TARGETS}={text!r}; ignoring it",
             AnalysisWarning,
             stacklevel=3,
         )
@@ -309,11 +291,11 @@ def _parent_info(run: "Run") -> ParentInfo:
     tags = run.data.tags
     return ParentInfo(
         run_id=run.info.run_id,
-        name=run.data.params.get("name") or tags.get("mlflow.runName"),
-        targets=_parse_targets(tags.get(TAG_TARGETS), run.info.run_id),
-        baseline_arm=tags.get(TAG_BASELINE) or None,
-        config_hash=tags.get(TAG_CONFIG_HASH),
-        git_commit=tags.get(TAG_GIT_COMMIT),
+        name=run.data.params.get("name") or tags.get(record.TAG_RUN_NAME),
+        targets=_parse_targets(tags.get(record.TAG_TARGETS), run.info.run_id),
+        baseline_arm=tags.get(record.TAG_BASELINE) or None,
+        config_hash=tags.get(record.TAG_CONFIG_HASH),
+        git_commit=tags.get(record.TAG_GIT_COMMIT),
         status=run.info.status,
         start_time=run.info.start_time,
     )
@@ -389,14 +371,14 @@ def load_experiment(
 
     all_runs = _search_all_runs(client, exp.experiment_id)  # newest first
     parents = {r.info.run_id: _parent_info(r) for r in all_runs
-               if r.data.tags.get(TAG_ROLE) == "parent"}
+               if r.data.tags.get(record.TAG_ROLE) == record.ROLE_PARENT}
     children = [r for r in all_runs
-                if r.data.tags.get(TAG_ROLE) == "child"
-                or (r.data.tags.get(TAG_ROLE) is None and TAG_ARM in r.data.tags)]
+                if r.data.tags.get(record.TAG_ROLE) == record.ROLE_CHILD
+                or (r.data.tags.get(record.TAG_ROLE) is None and record.TAG_ARM in r.data.tags)]
 
     if parent_run_id is not None:
         chosen = _choose_parent(parent_run_id, parents, experiment)
-        children = [r for r in children if r.data.tags.get(TAG_PARENT) == chosen]
+        children = [r for r in children if r.data.tags.get(record.TAG_PARENT) == chosen]
         parents = {chosen: parents[chosen]}
 
     skipped: list[tuple[str, str]] = []
@@ -408,23 +390,23 @@ def load_experiment(
             skipped.append((r.info.run_id, reason))
             _warn(f"skipping {label}: {reason} (use --include-unfinished to keep it)")
             continue
-        if not r.data.tags.get(TAG_ARM):
-            skipped.append((r.info.run_id, f"no {TAG_ARM} tag"))
-            _warn(f"skipping {label}: no {TAG_ARM} tag")
+        if not r.data.tags.get(record.TAG_ARM):
+            skipped.append((r.info.run_id, f"no {record.TAG_ARM} tag"))
+            _warn(f"skipping {label}: no {record.TAG_ARM} tag")
             continue
-        if METRIC_VAL_LOSS not in r.data.metrics:
-            skipped.append((r.info.run_id, f"no {METRIC_VAL_LOSS}"))
-            _warn(f"skipping {label}: it logged no {METRIC_VAL_LOSS}")
+        if record.VAL_LOSS not in r.data.metrics:
+            skipped.append((r.info.run_id, f"no {record.VAL_LOSS}"))
+            _warn(f"skipping {label}: it logged no {record.VAL_LOSS}")
             continue
         kept.append(r)
 
     lr_search = _lr_search_table(children)
-    kept = [r for r in kept if r.data.tags.get(TAG_LR_SELECTED) != "false"]  # grid runs not chosen
-    methods = {r.data.tags.get(TAG_METHOD, "full") for r in kept}
+    kept = [r for r in kept if r.data.tags.get(record.TAG_LR_SELECTED) != "false"]  # grid runs not chosen
+    methods = {r.data.tags.get(record.TAG_METHOD, record.METHOD_FULL) for r in kept}
     cooldown_runs = []
-    if methods == {"full", "cooldown"}:
-        cooldown_runs = _dedupe([r for r in kept if r.data.tags.get(TAG_METHOD) == "cooldown"], skipped)
-        kept = [r for r in kept if r.data.tags.get(TAG_METHOD, "full") == "full"]
+    if methods == {record.METHOD_FULL, record.METHOD_COOLDOWN}:
+        cooldown_runs = _dedupe([r for r in kept if r.data.tags.get(record.TAG_METHOD) == record.METHOD_COOLDOWN], skipped)
+        kept = [r for r in kept if r.data.tags.get(record.TAG_METHOD, record.METHOD_FULL) == record.METHOD_FULL]
     kept = _dedupe(kept, skipped)
     if not kept:
         where = f" under parent run {parent_run_id}" if parent_run_id else ""
@@ -455,9 +437,9 @@ def load_experiment(
                   f"using {baseline!r} from the most recent one")
     else:
         baseline = "gpt" if "gpt" in arms else arms[0]
-        _warn(f"no {TAG_BASELINE} tag on the parent run(s); using {baseline!r} as baseline")
+        _warn(f"no {record.TAG_BASELINE} tag on the parent run(s); using {baseline!r} as baseline")
     if not targets:
-        _warn(f"no {TAG_TARGETS} tag on the parent run(s); no targets to summarise")
+        _warn(f"no {record.TAG_TARGETS} tag on the parent run(s); no targets to summarise")
 
     return ExperimentData(
         experiment=experiment,
@@ -492,10 +474,10 @@ def _lr_search_table(runs: list["Run"]) -> pd.DataFrame | None:
 
     newest: dict[tuple, dict] = {}
     for r in sorted(runs, key=lambda r: r.info.start_time or 0):
-        if r.data.tags.get(TAG_STAGE) != "lr_search" or r.info.status == "RUNNING":
+        if r.data.tags.get(record.TAG_STAGE) != record.STAGE_SEARCH or r.info.status == "RUNNING":
             continue
         m = _run_meta(r)
-        loss = r.data.metrics.get(METRIC_VAL_LOSS, math.nan) if r.info.status == "FINISHED" else math.nan
+        loss = r.data.metrics.get(record.VAL_LOSS, math.nan) if r.info.status == "FINISHED" else math.nan
         newest[(m["arm"], m["budget"], m["lr"], m["seed"])] = {
             "arm": m["arm"], "budget": m["budget"], "lr": m["lr"], "seed": m["seed"], "final_val_loss": loss}
     return select_lr(list(newest.values())) if newest else None
@@ -504,7 +486,7 @@ def _lr_search_table(runs: list["Run"]) -> pd.DataFrame | None:
 def _choose_parent(wanted: str, parents: dict[str, ParentInfo], experiment: str) -> str:
     if not parents:
         raise UnknownParentRunError(f"experiment {experiment!r} has no parent runs "
-                                    f"({TAG_ROLE}=parent)")
+                                    f"({record.TAG_ROLE}=parent)")
     if wanted == "latest":
         return max(parents.values(), key=lambda p: p.start_time or 0).run_id
     if wanted in parents:
@@ -522,32 +504,32 @@ def _choose_parent(wanted: str, parents: dict[str, ParentInfo], experiment: str)
 
 def _run_label(r: "Run") -> str:
     tags = r.data.tags
-    arm = tags.get(TAG_ARM, "?")
-    seed = tags.get(TAG_SEED, "?")
-    budget = r.data.params.get(PARAM_BUDGET)
+    arm = tags.get(record.TAG_ARM, "?")
+    seed = tags.get(record.TAG_SEED, "?")
+    budget = r.data.params.get(record.PARAM_BUDGET)
     extra = f" budget={budget}" if budget else ""
     return f"run {r.info.run_id} (arm={arm} seed={seed}{extra})"
 
 
 def _run_meta(r: "Run") -> dict[str, Any]:
     tags, params = r.data.tags, r.data.params
-    seed = _parse_int(tags.get(TAG_SEED))
+    seed = _parse_int(tags.get(record.TAG_SEED))
     if seed is None:
         seed = _parse_int(params.get("seed"))
     return dict(
         run_id=r.info.run_id,
-        parent_run_id=tags.get(TAG_PARENT, ""),
-        arm=tags.get(TAG_ARM),
+        parent_run_id=tags.get(record.TAG_PARENT, ""),
+        arm=tags.get(record.TAG_ARM),
         seed=seed,
-        budget=_parse_int(params.get(PARAM_BUDGET)),
-        context_length=_parse_int(params.get(PARAM_CONTEXT)),
-        model_kind=tags.get(TAG_MODEL_KIND),
+        budget=_parse_int(params.get(record.PARAM_BUDGET)),
+        context_length=_parse_int(params.get(record.PARAM_CONTEXT)),
+        model_kind=tags.get(record.TAG_MODEL_KIND),
         status=r.info.status,
         start_time=r.info.start_time,
-        run_name=tags.get("mlflow.runName"),
-        lr=_parse_float(params.get(PARAM_LR)),
-        method=tags.get(TAG_METHOD, "full"),
-        branch_of=tags.get(TAG_BRANCH_OF),
+        run_name=tags.get(record.TAG_RUN_NAME),
+        lr=_parse_float(params.get(record.PARAM_LR)),
+        method=tags.get(record.TAG_METHOD, record.METHOD_FULL),
+        branch_of=tags.get(record.TAG_BRANCH_OF),
     )
 
 
@@ -585,15 +567,15 @@ def _note_duplicate(dropped: "Run", kept: "Run", skipped: list[tuple[str, str]])
 def _run_frame(client: "MlflowClient", r: "Run", meta: dict[str, Any], experiment: str,
                metrics: list[str] | None) -> pd.DataFrame:
     keys = sorted(r.data.metrics)
-    tok_steps, tok_vals = (_history(client, r.info.run_id, METRIC_TOKENS)
-                           if METRIC_TOKENS in keys else (np.empty(0, np.int64), np.empty(0)))
-    el_steps, el_vals = (_history(client, r.info.run_id, METRIC_ELAPSED)
-                         if METRIC_ELAPSED in keys else (np.empty(0, np.int64), np.empty(0)))
+    tok_steps, tok_vals = (_history(client, r.info.run_id, record.TOKENS)
+                           if record.TOKENS in keys else (np.empty(0, np.int64), np.empty(0)))
+    el_steps, el_vals = (_history(client, r.info.run_id, record.ELAPSED_S)
+                         if record.ELAPSED_S in keys else (np.empty(0, np.int64), np.empty(0)))
     if tok_steps.size == 0:
-        _warn(f"{_run_label(r)} logged no '{METRIC_TOKENS}' metric; its tokens are NaN")
-    wanted = [k for k in keys if k not in (METRIC_TOKENS, METRIC_ELAPSED)]
+        _warn(f"{_run_label(r)} logged no '{record.TOKENS}' metric; its tokens are NaN")
+    wanted = [k for k in keys if k not in (record.TOKENS, record.ELAPSED_S)]
     if metrics is not None:
-        wanted = [k for k in wanted if k in set(metrics) | {METRIC_VAL_LOSS}]
+        wanted = [k for k in wanted if k in set(metrics) | {record.VAL_LOSS}]
     parts = []
     for key in wanted:
         steps, values = _history(client, r.info.run_id, key)

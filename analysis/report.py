@@ -18,19 +18,20 @@ import pandas as pd
 
 from analysis.errors import AnalysisError
 from analysis.load import ExperimentData, load_experiment
-from analysis.targets import summarize
+from analysis import record
+from analysis.summary import summarize
 
 __all__ = ["Report", "build_report", "summarize_experiment", "default_out_dir"]
 
 #: the metrics the summary and the built-in figures use (the others are not loaded)
-REPORT_METRICS = ("val/loss", "train/loss", "lr")
+REPORT_METRICS = (record.VAL_LOSS, record.TRAIN_LOSS, record.LR)
 
 
 @dataclass
 class Report:
     """What :func:`build_report` produced.
 
-    ``summary``: the summary DataFrame (see :func:`analysis.targets.summarize`); ``files``: every
+    ``summary``: the summary DataFrame (see :func:`analysis.summary.summarize`); ``files``: every
     file written (PNG+PDF figures, summary CSV/MD/TEX, report.json); ``skipped_figures``: ``(name,
     reason)`` of figures that did not apply; ``skipped_runs``: ``(run_id, reason)`` of the runs
     left out.
@@ -172,7 +173,7 @@ def _sweep_outputs(data: ExperimentData, summary: pd.DataFrame, report: Report, 
 
 def _diagnostic_figures(data: ExperimentData, out_dir: Path) -> list[Path]:
     """The hypersphere diagnostics figures (analysis/diagnostics.py) from each arm's
-    ``diagnostics/final.json``: the run with the largest budget and the smallest seed of each arm."""
+    diagnostics artifact: the run with the largest budget and the smallest seed of each arm."""
     from mlflow.tracking import MlflowClient
 
     from analysis.diagnostics import diagnostics_figures
@@ -204,7 +205,7 @@ def _download_diagnostics(client, data: ExperimentData, dists: dict[str, dict]) 
                                                                    na_position="last")
             for run_id in runs["run_id"]:
                 try:
-                    path = client.download_artifacts(run_id, "diagnostics/final.json", folder)
+                    path = client.download_artifacts(run_id, record.DIAGNOSTICS_ARTIFACT, folder)
                     dists[arm] = load_diagnostics(path)
                     break
                 except Exception:  # noqa: BLE001 - runs from before diagnostics, or logged without them

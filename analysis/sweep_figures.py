@@ -9,8 +9,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
+from analysis import record
 from analysis.curves import final_losses
-from analysis.figures import LOSS_LABEL, ArmStyle, NotApplicable, _ordered_arms, _target_lines, _tokens_axis, format_tokens
+from analysis.figures import LOSS_LABEL, ArmStyle, NotApplicable, ordered_arms, target_lines, tokens_axis, format_tokens
 
 __all__ = ["fig_lr_search", "fig_cooldown_vs_full"]
 
@@ -23,7 +24,7 @@ def fig_lr_search(table: pd.DataFrame, styles: dict[str, ArmStyle]) -> Figure:
     fig = Figure(figsize=(5.0, 3.3))
     ax = fig.subplots()
     budgets = sorted(table["budget"].dropna().unique())
-    for arm in _ordered_arms(table["arm"].unique().tolist(), styles):
+    for arm in ordered_arms(table["arm"].unique().tolist(), styles):
         st = styles.get(arm) or ArmStyle("0.3", "-", "o")
         for budget in budgets:
             g = table[(table["arm"] == arm) & (table["budget"] == budget)].sort_values("lr")
@@ -61,7 +62,7 @@ def fig_cooldown_vs_full(frame: pd.DataFrame, cooldown_frame: pd.DataFrame | Non
     fig = Figure(figsize=(5.0, 3.3))
     ax = fig.subplots()
     full, cool = final_losses(frame), final_losses(cooldown_frame)
-    for arm in _ordered_arms(sorted(set(full["arm"]) | set(cool["arm"])), styles):
+    for arm in ordered_arms(sorted(set(full["arm"]) | set(cool["arm"])), styles):
         st = styles.get(arm) or ArmStyle("0.3", "-", "o")
         for fl, name, kwargs in ((full, "full", {}),
                                  (cool, "cooldown", {"linestyle": ":", "markerfacecolor": "white"})):
@@ -71,12 +72,12 @@ def fig_cooldown_vs_full(frame: pd.DataFrame, cooldown_frame: pd.DataFrame | Non
             ax.plot(g.index.to_numpy(float), g.to_numpy(float), label=f"{arm} ({name})",
                     **{**st.line_kwargs(), **kwargs})
     ax.set_xscale("log")
-    _tokens_axis(ax.xaxis, log=True)
+    tokens_axis(ax.xaxis, log=True)
     budgets = sorted(set(full["budget"].dropna().astype(float)) | set(cool["budget"].dropna().astype(float)))
     if len(budgets) <= 8:  # label exactly the budgets that were run
         ax.set_xticks(budgets, [format_tokens(b) for b in budgets])
         ax.xaxis.set_minor_locator(NullLocator())
-    _target_lines(ax, targets, where="right")
+    target_lines(ax, targets, where="right")
     ax.set_xlabel("token budget (tokens, log scale)")
     ax.set_ylabel("final " + LOSS_LABEL)
     ax.legend(loc="best", fontsize=7)

@@ -80,7 +80,7 @@ def edge_warnings(table: pd.DataFrame) -> list[str]:
 def compare_methods(full: pd.DataFrame, cooldown: pd.DataFrame) -> pd.DataFrame:
     """Tokens to target from cooldown branches next to those from full runs, per (target, arm).
 
-    Both inputs are :func:`analysis.targets.summarize` tables (budget mode). ``difference`` is
+    Both inputs are :func:`analysis.summary.summarize` tables (budget mode). ``difference`` is
     cooldown / full - 1 (0.05 = the cooldown estimate needs 5 % more tokens); speedups of each are kept.
     """
     keys = ["context_length", "target", "arm"]

@@ -16,7 +16,7 @@ __all__ = ["display_frame", "format_summary", "to_markdown", "to_latex", "write_
            "write_lr_tables", "format_cooldown_table"]
 
 NOT_REACHED = "n.r."
-UNKNOWN = "< 1st budget"  # the baseline reached the target at the smallest budget: no ratio can be formed
+UNKNOWN = "< 1st budget"  # both arms met the target at the smallest budget: no ratio or bound can be formed
 
 
 def _f(v: Any) -> float:
@@ -74,48 +74,74 @@ def format_target(t: Any) -> str:
     return text if any(c in text for c in ".en") else text + ".0"
 
 
+def _bounded(text: str, bound: str) -> str:
+    return {"lower": "\u2265 ", "upper": "\u2264 "}.get(bound, "") + text
+
+
+def _to_target(value: Any, bound: str, n_reached: int, fmt, sd: Any = None, pm: str = "\u00b1") -> str:
+    """Tokens or seconds to target with its bound; ``n.r. (≥ X)`` when no seed reached it."""
+    if bound == "unknown" or not math.isfinite(_f(value)):
+        return "?" if bound == "unknown" else NOT_REACHED
+    if n_reached == 0:
+        return f"{NOT_REACHED} (\u2265 {fmt(value)})"
+    if bound:
+        return _bounded(fmt(value), bound)
+    return f"{fmt(value)} {pm} {fmt(sd)}" if math.isfinite(_f(sd)) else fmt(value)
+
+
+def _speedup_cell(r: pd.Series, prefix: str) -> str:
+    bound = str(r.get(f"{prefix}_bound", "") or "")
+    if bound == "unknown":
+        if int(r["n_reached"]) == 0:
+            return NOT_REACHED
+        return UNKNOWN if int(r.get("n_at_first", 0) or 0) else "?"
+    return _bounded(_ratio(r[prefix], r[f"{prefix}_ci_low"], r[f"{prefix}_ci_high"]), bound)
+
+
 def display_frame(summary: pd.DataFrame, *, pm: str = "\u00b1") -> pd.DataFrame:
-    """Human-readable strings of the key columns (what the Markdown/LaTeX tables show)."""
+    """Human-readable strings of the key columns (what the terminal, Markdown and LaTeX tables show)."""
     multi_ctx = summary["context_length"].dropna().nunique() > 1 if not summary.empty else False
     multi_mode = summary["mode"].nunique() > 1 if not summary.empty else False
+    no_targets = summary.empty or bool(summary["target"].isna().all())
     rows = []
     for _, r in summary.iterrows():
-        tok = _tokens(r["tokens_to_target"])
-        sd = _f(r["tokens_to_target_std"])
-        at_first = int(r.get("n_at_first", 0) or 0)
-        bound = str(r.get("speedup_bound", "") or "")
-        if tok != NOT_REACHED and at_first and at_first == int(r["n_reached"]):
-            tok = f"≤ {tok}"  # every seed already below the target at the smallest budget
-        elif tok != NOT_REACHED and math.isfinite(sd):
-            tok = f"{tok} {pm} {_tokens(sd)}"
         row: dict[str, str] = {}
         if multi_ctx:
             cl = r["context_length"]
             row["Context"] = "?" if pd.isna(cl) else str(int(cl))
-        row["Target"] = format_target(r["target"])
+        if not no_targets:
+            row["Target"] = format_target(r["target"])
         row["Arm"] = str(r["arm"])
         if multi_mode:
             row["Mode"] = str(r["mode"])
         row["Final loss"] = _loss(r["final_val_loss"])
         row["Best loss"] = _loss(r["best_val_loss"])
-        row["Tokens to target"] = tok
-        row["Time to target (s)"] = _seconds(r["seconds_to_target"])
+        if no_targets:
+            row["Seeds"] = str(int(r["n_seeds"]))
+            rows.append(row)
+            continue
+        n_reached = int(r["n_reached"])
+        row["Tokens to target"] = _to_target(r["tokens_to_target"], str(r["tokens_to_target_bound"] or ""),
+                                             n_reached, _tokens, r["tokens_to_target_std"], pm)
+        row["Time to target (s)"] = _to_target(r["seconds_to_target"],
+                                               str(r["seconds_to_target_bound"] or ""), n_reached, _seconds)
         if bool(r["is_baseline"]):
-            row["Speedup (tokens)"] = "baseline"
-            row["Speedup (time)"] = "baseline"
+            row["Speedup (tokens)"] = row["Speedup (time)"] = "baseline"
         else:
-            row["Speedup (tokens)"] = _ratio(r["speedup"], r["speedup_ci_low"],
-                                             r["speedup_ci_high"])
-            row["Speedup (time)"] = _ratio(r["time_speedup"], r["time_speedup_ci_low"],
-                                           r["time_speedup_ci_high"])
-            if bound == "unknown":
-                row["Speedup (tokens)"] = row["Speedup (time)"] = UNKNOWN
-            elif bound == "lower":
-                row["Speedup (tokens)"] = "≥ " + row["Speedup (tokens)"]
-                row["Speedup (time)"] = "≥ " + row["Speedup (time)"]
-        row["Reached"] = f"{int(r['n_reached'])}/{int(r['n_seeds'])}"
+            row["Speedup (tokens)"] = _speedup_cell(r, "speedup")
+            row["Speedup (time)"] = _speedup_cell(r, "time_speedup")
+        row["Reached"] = f"{n_reached}/{int(r['n_seeds'])}"
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+#: the rule for censored seeds, as the tables' footnote states it (README and analysis.summary say the same)
+CENSORING_NOTE = (
+    "Every seed counts: a seed that never reached a target is censored at its largest budget (budget mode) or "
+    "last evaluation (curve mode), so a mean or speedup it enters is a bound: \u2265 a lower bound, \u2264 an "
+    "upper bound (the target was already met at the smallest budget); ? = bounds in both directions, no "
+    f"number can be formed; {NOT_REACHED} (\u2265 X) = no seed reached it, X being the mean censoring point."
+)
 
 
 def _notes(summary: pd.DataFrame) -> str:
@@ -123,7 +149,10 @@ def _notes(summary: pd.DataFrame) -> str:
     if baseline is None and not summary.empty and summary["is_baseline"].any():
         baseline = summary.loc[summary["is_baseline"], "arm"].iloc[0]
     level = float(summary.attrs.get("ci_level", 0.95))
-    modes = sorted(summary["mode"].unique()) if not summary.empty else []
+    if summary.empty or summary["target"].isna().all():
+        return "Validation loss (nats/token), mean over seeds: final = at the end of the largest budget, " \
+               "best = lowest seen. No targets were set, so no tokens to target."
+    modes = sorted(summary["mode"].unique())
     mode_txt = {
         "curve": "curve mode (first crossing of the validation curve, linear interpolation "
                  "between evaluations)",
@@ -133,15 +162,17 @@ def _notes(summary: pd.DataFrame) -> str:
     parts = [
         "Target: validation loss (nats/token).",
         "Tokens/time to target: " + "; ".join(mode_txt[m] for m in modes if m in mode_txt)
-        + ", mean over the seeds that reached the target (\u00b1 1 s.d. with several seeds).",
+        + ", mean over all seeds (\u00b1 1 s.d. with several seeds).",
         f"Speedup = {baseline} / arm, in tokens and in training wall-clock time; brackets: "
         f"{level:.0%} bootstrap CI over seeds (paired by seed).",
-        f"{NOT_REACHED} = not reached; Reached = seeds that reached the target / seeds run.",
+        "Reached = seeds that reached the target / seeds run.",
     ]
-    if not summary.empty and "n_at_first" in summary and (summary["n_at_first"] > 0).any():
-        parts.append(f"≤: the target was already reached at the smallest budget (an upper bound); "
-                     f"≥: so the speedup is a lower bound; {UNKNOWN}: the baseline reached it there, "
-                     f"so no ratio can be formed; add a smaller budget to measure it.")
+    bounded = summary[[c for c in summary.columns if c.endswith("_bound")]].astype(str).ne("").any().any()
+    if bounded or (summary["n_censored"] > 0).any() or (summary["n_at_first"] > 0).any():
+        parts.append(CENSORING_NOTE)
+        if (summary["n_at_first"] > 0).any():
+            parts.append(f"{UNKNOWN}: both arms met the target at the smallest budget; add a smaller budget "
+                         f"to measure it.")
     return " ".join(parts)
 
 

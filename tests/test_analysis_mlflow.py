@@ -234,7 +234,7 @@ def test_no_runs_and_missing_store(store, tmp_path):
 
 
 def test_curve_mode_summary_matches_analytic(store):
-    from analysis.targets import summarize
+    from analysis.summary import summarize
 
     data = _load(store)
     s = summarize(data.frame, data.targets, data.baseline_arm, n_resamples=2000)
@@ -266,7 +266,7 @@ def test_curve_mode_summary_matches_analytic(store):
 
 
 def test_budget_mode_summary_from_mlflow(store):
-    from analysis.targets import summarize
+    from analysis.summary import summarize
 
     data = _load(store, name="sweep")
     s = summarize(data.frame, data.targets, data.baseline_arm).set_index(

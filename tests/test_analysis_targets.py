@@ -13,13 +13,13 @@ import pandas as pd
 import pytest
 
 from analysis.errors import AnalysisWarning
+from analysis.summary import summarize
 from analysis.tables import to_latex, to_markdown
 from analysis.targets import (
     bootstrap_ci,
     budget_tokens_to_target,
     seconds_to_target,
     speedup,
-    summarize,
     tokens_to_target,
     x_to_target,
 )
@@ -197,12 +197,14 @@ def test_summarize_uneven_grids_and_not_reached():
     assert bool(s.loc[(6.0, "ngpt"), "reached"]) is True
     assert s.loc[(6.0, "gpt"), "final_val_loss"] == pytest.approx(3.0)
     assert s.loc[(6.0, "ngpt"), "best_val_loss"] == pytest.approx(10 - 0.02 * 350)
-    # 1.0 is reached by nobody: NaN + reached False, no exception
-    for arm in ("gpt", "ngpt"):
+    # 1.0 is reached by nobody: both censored at their last evaluation (lower bounds), no speedup
+    for arm, last in (("gpt", 700.0), ("ngpt", 350.0)):
         row = s.loc[(1.0, arm)]
-        assert bool(row["reached"]) is False and row["n_reached"] == 0
-        assert math.isnan(row["tokens_to_target"]) and math.isnan(row["seconds_to_target"])
-    assert math.isnan(s.loc[(1.0, "ngpt"), "speedup"])
+        assert bool(row["reached"]) is False and row["n_reached"] == 0 and row["n_censored"] == 1
+        assert row["tokens_to_target"] == last and row["tokens_to_target_bound"] == "lower"
+        assert row["seconds_to_target"] == pytest.approx(7.0)
+    assert math.isnan(s.loc[(1.0, "ngpt"), "speedup"]) and s.loc[(1.0, "ngpt"), "speedup_bound"] == "unknown"
+    assert "n.r. (\u2265 700)" in to_markdown(s.reset_index())
     # single seed -> no CI
     assert math.isnan(s.loc[(6.0, "ngpt"), "speedup_ci_low"])
     # baseline listed first for every target
@@ -231,10 +233,13 @@ def test_summarize_partial_reach_counts_seeds():
     ]
     s = summarize(_frame(runs), [5.0], "gpt").set_index("arm")
     assert s.loc["ngpt", "n_reached"] == 1 and s.loc["ngpt", "n_seeds"] == 2
-    assert bool(s.loc["ngpt", "reached"]) is True
-    assert s.loc["ngpt", "tokens_to_target"] == pytest.approx(62.5)
-    # speedup from the seeds where both arms reached (seed 0): 500/6 / 62.5
-    assert s.loc["ngpt", "speedup"] == pytest.approx((500 / 6) / 62.5)
+    assert s.loc["ngpt", "n_censored"] == 1 and bool(s.loc["ngpt", "reached"]) is True
+    # every seed counts: seed 1 enters at its last evaluation (100 tokens), so the mean is a lower bound
+    assert s.loc["ngpt", "tokens_to_target"] == pytest.approx((62.5 + 100) / 2)
+    assert s.loc["ngpt", "tokens_to_target_bound"] == "lower"
+    # ... and the speedup (baseline exact, arm a lower bound) an upper bound
+    assert s.loc["ngpt", "speedup"] == pytest.approx((500 / 6) / 81.25)
+    assert s.loc["ngpt", "speedup_bound"] == "upper"
 
 
 def test_summarize_budget_mode_auto_and_forced_curve():
@@ -271,7 +276,11 @@ def test_budget_mode_flags_targets_reached_at_the_smallest_budget():
     assert s.loc[(4.5, "ngpt"), "n_at_first"] == 2 and s.loc[(4.5, "gpt"), "n_at_first"] == 0
     assert s.loc[(4.5, "ngpt"), "speedup"] == pytest.approx(math.exp(0.5 * math.log(2)) * 2)  # 2828 / 1000
     assert s.loc[(4.5, "ngpt"), "speedup_bound"] == "lower"
-    assert s.loc[(3.0, "ngpt"), "n_at_first"] == 0 and s.loc[(3.0, "ngpt"), "speedup_bound"] == ""
+    # 3.0: gpt never gets there (censored at its largest budget), ngpt crosses between 2000 and 4000
+    assert s.loc[(3.0, "gpt"), "n_censored"] == 2 and s.loc[(3.0, "gpt"), "tokens_to_target"] == 4000
+    assert s.loc[(3.0, "ngpt"), "tokens_to_target"] == pytest.approx(math.sqrt(2000 * 4000))
+    assert s.loc[(3.0, "ngpt"), "speedup"] == pytest.approx(4000 / math.sqrt(2000 * 4000))
+    assert s.loc[(3.0, "ngpt"), "n_at_first"] == 0 and s.loc[(3.0, "ngpt"), "speedup_bound"] == "lower"
     text = to_markdown(s.reset_index())
     assert "\u2264 1.00k" in text and "< 1st budget" in text and "\u2265 2.83" in text
     assert "$\\le$ 1.00k" in to_latex(s.reset_index())
@@ -301,7 +310,9 @@ def test_summarize_per_context_length():
 def test_summarize_empty_inputs():
     assert summarize(pd.DataFrame(columns=["metric"]), [5.0], "gpt").empty
     frame = _frame([dict(arm="gpt", points=[(0, 10), (100, 4)])])
-    assert summarize(frame, [], "gpt").empty
+    no_targets = summarize(frame, [], "gpt")  # still the final losses, one row per arm
+    assert len(no_targets) == 1 and no_targets["final_val_loss"].iloc[0] == 4.0
+    assert no_targets["target"].isna().all() and "Final loss" in to_markdown(no_targets)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AnalysisWarning)
         s = summarize(frame, [5.0], "missing_baseline")
@@ -312,8 +323,6 @@ def test_summarize_empty_inputs():
 
 
 def test_tables_render_arms_targets_and_escape_latex():
-    from analysis.tables import to_latex, to_markdown
-
     runs = []
     for seed in (0, 1):
         runs.append(dict(arm="gpt", seed=seed, points=_line(10, 0.01, 0, 801, 100)))

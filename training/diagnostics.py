@@ -80,6 +80,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from analysis.record import diag_metric
 from models.gpt import GPT
 from models.ngpt import NGPT
 
@@ -291,21 +292,21 @@ def _collect(net: GPT | NGPT, idx: torch.Tensor, hidden: list[torch.Tensor],
     hidden_labels = ["embed"] + labels
     dists["hidden_norm"] = {"layers": hidden_labels, "mean": [m for m, _ in hid], "std": [s for _, s in hid]}
     for label, (mean, std) in zip(hidden_labels, hid):
-        scalars[f"diag/hidden_norm/{label}/mean"] = mean
-        scalars[f"diag/hidden_norm/{label}/std"] = std
+        scalars[diag_metric("hidden_norm", label, "mean")] = mean
+        scalars[diag_metric("hidden_norm", label, "std")] = std
 
     dists["embedding_norm"] = {k: {"mean": v[0], "std": v[1]} for k, v in io_stats.items()}
     for k, (mean, std) in io_stats.items():
-        scalars[f"diag/weight_norm/{k}/mean"] = mean
-        scalars[f"diag/weight_norm/{k}/std"] = std
+        scalars[diag_metric("weight_norm", k, "mean")] = mean
+        scalars[diag_metric("weight_norm", k, "std")] = std
     dists["weight_norm"] = {}
     for j, name in enumerate(names):
         means = [norm_l[i][j][0] for i in range(n_layers)]
         stds = [norm_l[i][j][1] for i in range(n_layers)]
         dists["weight_norm"][name] = {"mean": means, "std": stds}
         for label, mean, std in zip(labels, means, stds):
-            scalars[f"diag/weight_norm/{name}/{label}/mean"] = mean
-            scalars[f"diag/weight_norm/{name}/{label}/std"] = std
+            scalars[diag_metric("weight_norm", name, label, "mean")] = mean
+            scalars[diag_metric("weight_norm", name, label, "std")] = std
 
     if condition_numbers:
         cond_l = torch.stack(conds).tolist()  # [L, M]
@@ -317,10 +318,10 @@ def _collect(net: GPT | NGPT, idx: torch.Tensor, hidden: list[torch.Tensor],
                                for j, a in enumerate(ATTN_MATRICES)}
         for j, name in enumerate(names):
             for i, label in enumerate(labels):
-                scalars[f"diag/cond/{name}/{label}"] = cond_l[i][j]
+                scalars[diag_metric("cond", name, label)] = cond_l[i][j]
         for j, a in enumerate(ATTN_MATRICES):
             for i, label in enumerate(labels):
-                scalars[f"diag/cond_heads/{a}/{label}"] = medians[i][j]
+                scalars[diag_metric("cond_heads", a, label)] = medians[i][j]
 
     if isinstance(net, NGPT):
         eff = net.effective_scalars()
@@ -329,10 +330,10 @@ def _collect(net: GPT | NGPT, idx: torch.Tensor, hidden: list[torch.Tensor],
             dists[name] = values.tolist()
             for label, stats in zip(labels, _summary(values).tolist()):
                 for stat, v in zip(("mean", "std", "min", "max"), stats):
-                    scalars[f"diag/ngpt/{name}/{label}/{stat}"] = v
+                    scalars[diag_metric("ngpt", name, label, stat)] = v
         dists["s_z"] = eff["s_z"].tolist()
         for stat, v in zip(("mean", "std", "min", "max"), _summary(eff["s_z"]).tolist()):
-            scalars[f"diag/ngpt/s_z/{stat}"] = v
+            scalars[diag_metric("ngpt", "s_z", stat)] = v
 
     return Diagnostics(scalars={k: float(v) for k, v in scalars.items()}, distributions=dists)
 

@@ -27,17 +27,11 @@ from typing import Any
 
 import torch
 
+from analysis import record
 from models import build_model
 from models.config import ModelConfig
 from training.checkpoint import CHECKPOINT_VERSION, checkpoints_in
 
-TAG_CHECKPOINT = "datgpt.checkpoint"  # a child run's final checkpoint (absolute path)
-TAG_INIT_FROM = "datgpt.init_from"  # the spec as written in the YAML
-TAG_INIT_CHECKPOINT = "datgpt.init_from_checkpoint"  # the checkpoint it resolved to (absolute path)
-TAG_INIT_RUN_ID = "datgpt.init_from_run_id"  # the MLflow child run that wrote that checkpoint
-TAG_INIT_PARENT_RUN_ID = "datgpt.init_from_parent_run_id"
-TAG_INIT_STEP = "datgpt.init_from_step"
-TAG_INIT_TOKENS = "datgpt.init_from_tokens"
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _EXPERIMENT_ARM = re.compile(r"^(?P<experiment>[^/\\]+)/(?P<arm>[A-Za-z0-9_-]+?)(?:-seed(?P<seed>\d+))?/?$")
@@ -72,12 +66,12 @@ class Pretrained:
 
     def tags(self) -> dict[str, str]:
         """The lineage tags of a run initialized from this checkpoint."""
-        tags = {TAG_INIT_FROM: self.spec, TAG_INIT_CHECKPOINT: str(self.path), TAG_INIT_STEP: str(self.step),
-                TAG_INIT_TOKENS: str(self.tokens)}
+        tags = {record.TAG_INIT_FROM: self.spec, record.TAG_INIT_CHECKPOINT: str(self.path), record.TAG_INIT_STEP: str(self.step),
+                record.TAG_INIT_TOKENS: str(self.tokens)}
         if self.run_id:
-            tags[TAG_INIT_RUN_ID] = self.run_id
+            tags[record.TAG_INIT_RUN_ID] = self.run_id
         if self.parent_run_id:
-            tags[TAG_INIT_PARENT_RUN_ID] = self.parent_run_id
+            tags[record.TAG_INIT_PARENT_RUN_ID] = self.parent_run_id
         return tags
 
     def state(self) -> dict[str, Any]:
@@ -189,7 +183,7 @@ def _from_run_id(run_id: str, checkpoint_dir: Path) -> Pretrained:
     tagged = _tagged_checkpoint(run_id)
     if tagged is None:
         raise PretrainedError(f"{run_id}: no checkpoint of this MLflow run under {checkpoint_dir}/ and no "
-                              f"{TAG_CHECKPOINT} tag on it in the tracking store")
+                              f"{record.TAG_CHECKPOINT} tag on it in the tracking store")
     path = Path(tagged)
     found = _describe(run_id, path) if path.is_file() else _newest(run_id, path.parent)
     if found is None:
@@ -203,14 +197,14 @@ def _tagged_checkpoint(run_id: str) -> str | None:
         import mlflow
         from mlflow import MlflowClient
 
-        from analysis.load import TrackingStoreError, _check_local_store
+        from analysis.load import TrackingStoreError, check_local_store
 
         uri = mlflow.get_tracking_uri()
         try:
-            _check_local_store(uri)  # never create an empty store just to look a run up
+            check_local_store(uri)  # never create an empty store just to look a run up
         except TrackingStoreError:
             return None
-        return MlflowClient(uri).get_run(run_id).data.tags.get(TAG_CHECKPOINT)
+        return MlflowClient(uri).get_run(run_id).data.tags.get(record.TAG_CHECKPOINT)
     except Exception:  # unknown run, unreachable server: the caller reports the run as not found
         return None
 

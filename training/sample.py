@@ -97,10 +97,10 @@ def _logged_model(run_id: str):
         import mlflow
         import mlflow.pytorch
 
-        from analysis.load import TrackingStoreError, _check_local_store
+        from analysis.load import TrackingStoreError, check_local_store
 
         try:
-            _check_local_store(mlflow.get_tracking_uri())
+            check_local_store(mlflow.get_tracking_uri())
         except TrackingStoreError:
             return None
         return mlflow.pytorch.load_model(f"runs:/{run_id}/model", map_location="cpu")

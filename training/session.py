@@ -31,18 +31,15 @@ from pathlib import Path
 
 import torch
 
+from analysis import record
 from training.checkpoint import (CheckpointError, Invocation, check_writable, checkpoints_in, find_unfinished,
                                  branch_path, load_branch, load_latest)
 from training import sweep
 from training.config import ArmConfig, ExperimentConfig, arm_to_dict, flatten
 from training.data import Splits
 from training.distributed import DistInfo, barrier, broadcast_object
-from training.pretrained import TAG_CHECKPOINT, Pretrained, PretrainedError, check_model, resolve
-from training.summary import format_table, summary_frame
-from training.tracking import (MLFLOW_PARENT_TAG, TAG_ARM, TAG_BASELINE, TAG_BRANCH_OF, TAG_BRANCH_STEP,
-                               TAG_CONFIG_HASH, TAG_FAILURE, TAG_GIT_COMMIT, TAG_KIND, TAG_LR_SELECTED, TAG_METHOD,
-                               TAG_PRECISION, TAG_ROLE, TAG_SEED, TAG_STAGE, TAG_TARGETS, NullLogger, Tracker,
-                               TrackingError, git_commit)
+from training.pretrained import Pretrained, PretrainedError, check_model, resolve
+from training.tracking import NullLogger, Tracker, TrackingError, git_commit
 from training.trainer import (ArmResult, CheckpointPlan, Preempted, StopFlag, TrainingDiverged,
                               measure_peak_flops, resolve_runtime, train_arm)
 
@@ -175,14 +172,14 @@ def run_experiment(cfg: ExperimentConfig, splits: Splits, dist: DistInfo, *, pro
             run_name = cfg.tracking.run_name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
             parent_id = tracker.start_run(
                 experiment_id, run_name,
-                tags={TAG_ROLE: "parent", TAG_TARGETS: str(list(cfg.targets)), TAG_BASELINE: cfg.baseline_arm,
-                      TAG_CONFIG_HASH: cfg.config_hash(), TAG_GIT_COMMIT: git_commit(PROJECT_DIR),
-                      TAG_PRECISION: parity},
+                tags={record.TAG_ROLE: record.ROLE_PARENT, record.TAG_TARGETS: str(list(cfg.targets)), record.TAG_BASELINE: cfg.baseline_arm,
+                      record.TAG_CONFIG_HASH: cfg.config_hash(), record.TAG_GIT_COMMIT: git_commit(PROJECT_DIR),
+                      record.TAG_PRECISION: parity},
                 params={"name": cfg.name, "seeds": cfg.seeds, "arms": [a.name for a in cfg.arms],
                         "targets": cfg.targets, "world_size": dist.world_size,
                         **flatten({"data": cfg.to_dict()["data"]}), "tokenizer": cfg.tokenizer,
                         **(flatten({"sweep": cfg.to_dict()["sweep"]}) if cfg.sweep.active else {})})
-            tracker.log_text(parent_id, cfg.to_yaml(), "config/resolved.yaml")
+            tracker.log_text(parent_id, cfg.to_yaml(), record.CONFIG_ARTIFACT)
             if cfg.checkpoint.enabled:
                 invocation = Invocation(Path(cfg.checkpoint.dir) / cfg.experiment_name / parent_id, parent_id,
                                         cfg.config_hash())
@@ -218,25 +215,17 @@ def run_experiment(cfg: ExperimentConfig, splits: Splits, dist: DistInfo, *, pro
             tracker.finish(parent_id, status)
 
     if dist.is_main:
-        results = [r for r in session.results.values() if r is not None]
-        if cfg.sweep.active:
-            print(f"\n{cfg.name}: {len(session.results)} runs ({len(session.results) - len(results)} failed)")
-            report = log_report(tracker, cfg, parent_id)
-            if report is not None:
-                from analysis.tables import format_cooldown_table, format_summary
+        failed = sum(r is None for r in session.results.values())
+        print(f"\n{cfg.name}: {len(session.results)} runs ({failed} failed)")
+        report = log_report(tracker, cfg, parent_id)
+        if report is not None:  # the answer: the same summary as the report's tables and the analysis CLI
+            from analysis.summary import answer_metrics
+            from analysis.tables import format_cooldown_table, format_summary
 
-                print(format_summary(report.summary))
-                if report.cooldown_vs_full is not None:
-                    print(f"\ncooldown branches vs full runs:\n{format_cooldown_table(report.cooldown_vs_full)}")
-        else:
-            table = summary_frame(results, cfg.targets, cfg.baseline_arm)
-            text = format_table(table)
-            print(f"\n{cfg.name}: {len(results)} runs; tokens to target = first crossing of the validation loss "
-                  f"(linear interpolation); speedup = {cfg.baseline_arm} tokens / arm tokens")
-            print(text)
-            tracker.log_text(parent_id, text + "\n", "summary/summary.txt")
-            tracker.log_text(parent_id, table.to_csv(index=False), "summary/summary.csv")
-            log_report(tracker, cfg, parent_id)
+            print(format_summary(report.summary))
+            if report.cooldown_vs_full is not None:
+                print(f"\ncooldown branches vs full runs:\n{format_cooldown_table(report.cooldown_vs_full)}")
+            tracker.log_metrics(parent_id, answer_metrics(report.summary))
         tracker.finish(parent_id, "FINISHED")
         if invocation is not None:
             invocation.finished = True
@@ -290,15 +279,15 @@ class _Session:
                   f"{sweep.search_seeds(cfg)}):\n{text}")
             for line in edge_warnings(table):
                 print(f"warning: {line}", file=sys.stderr)
-            self.tracker.log_text(self.parent_id, text + "\n", "sweep/lr_selection.txt")
-            self.tracker.log_text(self.parent_id, table.to_csv(index=False), "sweep/lr_selection.csv")
+            self.tracker.log_text(self.parent_id, text + "\n", record.LR_SELECTION_TXT)
+            self.tracker.log_text(self.parent_id, table.to_csv(index=False), record.LR_SELECTION_CSV)
             for (arm, budget), lr in best.items():
-                self.tracker.set_tag(self.parent_id, f"datgpt.best_lr.{arm}" + (f".{budget}" if budget else ""),
+                self.tracker.set_tag(self.parent_id, record.best_lr_tag(arm, budget),
                                      f"{lr:g}")
             for unit in units:
                 if unit.key in self.run_ids:
                     chosen = best.get((unit.arm.name, unit.budget if per_budget else None)) == unit.lr
-                    self.tracker.set_tag(self.run_ids[unit.key], TAG_LR_SELECTED, str(chosen).lower())
+                    self.tracker.set_tag(self.run_ids[unit.key], record.TAG_LR_SELECTED, str(chosen).lower())
         return broadcast_object(best, self.dist)
 
     def train(self, unit: sweep.Unit) -> ArmResult | None:
@@ -335,11 +324,11 @@ class _Session:
                 tracker.reopen(child_id)
                 print(f"{unit.label}: resuming at step {state['step']} from {state['path']}")
             else:
-                tags = {MLFLOW_PARENT_TAG: self.parent_id, TAG_ROLE: "child", TAG_ARM: arm.name,
-                        TAG_SEED: str(seed), TAG_KIND: arm.model.kind, TAG_STAGE: unit.stage, TAG_METHOD: unit.method,
+                tags = {record.TAG_PARENT: self.parent_id, record.TAG_ROLE: record.ROLE_CHILD, record.TAG_ARM: arm.name,
+                        record.TAG_SEED: str(seed), record.TAG_MODEL_KIND: arm.model.kind, record.TAG_STAGE: unit.stage, record.TAG_METHOD: unit.method,
                         **(pretrained.tags() if pretrained is not None else {})}
                 if branch_state is not None:
-                    tags.update({TAG_BRANCH_OF: branch_state["run_id"], TAG_BRANCH_STEP: str(unit.branch_step)})
+                    tags.update({record.TAG_BRANCH_OF: branch_state["run_id"], record.TAG_BRANCH_STEP: str(unit.branch_step)})
                 child_id = tracker.start_run(self.experiment_id, unit.key, tags=tags,
                                              params=_child_params(cfg, arm, seed, runtime, peak, dist))
                 if branch_state is not None:  # the branch's curve up to the branch point is its trunk's
@@ -363,7 +352,7 @@ class _Session:
         except TrainingDiverged as err:  # this unit stops; the others still run
             if dist.is_main:
                 print(f"\nwarning: {err}; run marked FAILED", file=sys.stderr)
-                self.tracker.set_tag(child_id, TAG_FAILURE, str(err))
+                self.tracker.set_tag(child_id, record.TAG_FAILURE, str(err))
             _close(logger, "FAILED")
             self.results[unit.key] = None
             return None
@@ -395,13 +384,13 @@ def _end_of_run(tracker: Tracker, cfg: ExperimentConfig, arm: ArmConfig, seed: i
     here are warnings: the run itself is complete in MLflow and in its checkpoint."""
     if plan is not None and checkpoints_in(plan.folder):
         try:
-            tracker.set_tag(run_id, TAG_CHECKPOINT, str(checkpoints_in(plan.folder)[-1].resolve()))
+            tracker.set_tag(run_id, record.TAG_CHECKPOINT, str(checkpoints_in(plan.folder)[-1].resolve()))
         except Exception as err:
             print(f"warning: {arm.name} seed {seed}: could not tag the run with its checkpoint "
                   f"({type(err).__name__})", file=sys.stderr)
     if result.diagnostics is not None:
         try:
-            tracker.log_text(run_id, result.diagnostics.to_json(), "diagnostics/final.json")
+            tracker.log_text(run_id, result.diagnostics.to_json(), record.DIAGNOSTICS_ARTIFACT)
         except Exception as err:
             print(f"warning: {arm.name} seed {seed}: could not log the diagnostics ({type(err).__name__})",
                   file=sys.stderr)
@@ -414,7 +403,7 @@ def _end_of_run(tracker: Tracker, cfg: ExperimentConfig, arm: ArmConfig, seed: i
 
             text = sample_report(model, cfg.tokenizer, runtime.device, runtime.autocast,
                                  header=f"{arm.name} seed {seed}, {result.tokens_seen:,} tokens trained")
-            tracker.log_text(run_id, text, "samples/samples.txt")
+            tracker.log_text(run_id, text, record.SAMPLES_ARTIFACT)
         except Exception as err:
             print(f"warning: {arm.name} seed {seed}: could not log samples ({type(err).__name__}: {err})",
                   file=sys.stderr)
@@ -446,12 +435,12 @@ def log_model(tracker: Tracker, experiment_id: str, run_id: str, model, step: in
     requirements = [f"torch=={torch.__version__.split('+')[0]}", f"cloudpickle=={cloudpickle.__version__}"]
     # MLflow 3: a LoggedModel created in the run's experiment (log_model given only run_id would put it in
     # the active experiment, the default one here), and `name=` (2.x's artifact_path is deprecated).
-    logged = tracker.client.create_logged_model(experiment_id, name="model", source_run_id=run_id)
+    logged = tracker.client.create_logged_model(experiment_id, name=record.MODEL_ARTIFACT, source_run_id=run_id)
     quiet = logging.getLogger("mlflow.pytorch")  # its warning about pickled models, once per run
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
-        info = mlflow.pytorch.log_model(clean, name="model", run_id=run_id, model_id=logged.model_id, step=step,
+        info = mlflow.pytorch.log_model(clean, name=record.MODEL_ARTIFACT, run_id=run_id, model_id=logged.model_id, step=step,
                                         serialization_format="pickle", pip_requirements=requirements,
                                         code_paths=[str(PROJECT_DIR / "models")])
     finally:
@@ -479,7 +468,7 @@ def log_report(tracker: Tracker, cfg: ExperimentConfig, parent_id: str):
             warnings.simplefilter("ignore")  # e.g. runs of this invocation that diverged: already reported
             report = build_report(cfg.experiment_name, Path(folder), parent_run_id=parent_id,
                                   tracking_uri=tracker.uri)
-            tracker.log_artifacts(parent_id, Path(folder), "report")
+            tracker.log_artifacts(parent_id, Path(folder), record.REPORT_DIR)
         return report
     except Exception as err:  # figures are a convenience here; the runs themselves are safe in MLflow
         print(f"warning: could not build the figures ({type(err).__name__}: {err}); rerun "

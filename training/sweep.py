@@ -28,11 +28,9 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
+from analysis.record import METHOD_COOLDOWN, METHOD_FULL, STAGE_MAIN, STAGE_SEARCH
 from training.config import ArmConfig, ExperimentConfig
 from training.schedule import lr_at
-
-STAGE_SEARCH, STAGE_MAIN = "lr_search", "main"
-METHOD_FULL, METHOD_COOLDOWN = "full", "cooldown"
 
 
 @dataclass

@@ -14,22 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-TAG_ROLE = "datgpt.role"
-TAG_ARM = "datgpt.arm"
-TAG_SEED = "datgpt.seed"
-TAG_KIND = "datgpt.model_kind"
-TAG_TARGETS = "datgpt.targets"
-TAG_BASELINE = "datgpt.baseline_arm"
-TAG_CONFIG_HASH = "datgpt.config_hash"
-TAG_GIT_COMMIT = "datgpt.git_commit"
-TAG_FAILURE = "datgpt.failure"  # why a child run FAILED (e.g. a NaN loss)
-TAG_STAGE = "datgpt.sweep_stage"  # lr_search | main
-TAG_METHOD = "datgpt.budget_method"  # full | cooldown
-TAG_LR_SELECTED = "datgpt.lr_selected"  # on lr_search runs, once the choice is made: true | false
-TAG_BRANCH_OF = "datgpt.branch_of"  # a cooldown branch: its trunk's run id
-TAG_BRANCH_STEP = "datgpt.branch_step"  # ... and the trunk step it starts from
-TAG_PRECISION = "datgpt.precision"  # parent: each arm's device/precision/compile/parameter dtype, and parity
-MLFLOW_PARENT_TAG = "mlflow.parentRunId"
+from analysis import record
 
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit per log_batch call
 MAX_PARAMS_PER_BATCH = 100
@@ -209,13 +194,18 @@ class Tracker:
             raise TrackingError(f"MLflow tracking store {self.uri} cannot be used: {first_line}") from None
 
     def experiment_id(self, name: str) -> str:
+        """The experiment's id, created if new; tagged as a training experiment so MLflow's UI opens on its runs."""
         experiment = self.client.get_experiment_by_name(name)
         if experiment is None:
-            return self.client.create_experiment(name)
+            return self.client.create_experiment(
+                name, tags={record.TAG_EXPERIMENT_KIND: record.EXPERIMENT_KIND_TRAINING})
         if experiment.lifecycle_stage == "deleted":
             raise TrackingError(f"tracking.experiment: MLflow experiment {name!r} is deleted; restore it "
                                 f"(`mlflow experiments restore --experiment-id {experiment.experiment_id}`) "
                                 f"or choose another name")
+        if record.TAG_EXPERIMENT_KIND not in experiment.tags:  # made before datgpt set it
+            self.client.set_experiment_tag(experiment.experiment_id, record.TAG_EXPERIMENT_KIND,
+                                           record.EXPERIMENT_KIND_TRAINING)
         return experiment.experiment_id
 
     def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
@@ -240,6 +230,15 @@ class Tracker:
 
     def log_artifacts(self, run_id: str, folder: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(run_id, str(folder), artifact_path)
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        """Log a few metrics synchronously (the parent run's answer)."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        for i in range(0, len(items), MAX_METRICS_PER_BATCH):
+            self.client.log_batch(run_id, metrics=items[i:i + MAX_METRICS_PER_BATCH])
 
     def set_tag(self, run_id: str, key: str, value: str) -> None:
         self.client.set_tag(run_id, key, value)

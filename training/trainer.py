@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from analysis import record
 from models import build_model
 from training.checkpoint import rng_state, save_branch, save_checkpoint, set_rng_state
 from training.config import ArmConfig
@@ -255,7 +256,7 @@ def train_arm(arm: ArmConfig, seed: int, splits: Splits, dist: DistInfo, logger,
         val_loss = evaluate(forward_model, val_x, val_y, t.micro_batch_size, runtime, dist)
         result.evals.append(EvalPoint(step, step * tokens_per_step, val_loss, train_seconds))
         postfix["val"] = f"{val_loss:.3f}"
-        metrics = {"val/loss": val_loss}
+        metrics = {record.VAL_LOSS: val_loss}
         if diagnostics and dist.is_main:  # weights are the same on every rank; no collectives inside
             from training.diagnostics import compute_diagnostics
 
@@ -282,7 +283,7 @@ def train_arm(arm: ArmConfig, seed: int, splits: Splits, dist: DistInfo, logger,
         return str(save_checkpoint(checkpoints.folder, step, state, checkpoints.keep_last))
 
     if resume is None:
-        logger.log(0, {**run_eval(0), "tokens": 0, "time/elapsed_s": 0.0})
+        logger.log(0, {**run_eval(0), record.TOKENS: 0, record.ELAPSED_S: 0.0})
     elif result.evals:
         postfix["val"] = f"{result.evals[-1].val_loss:.3f}"
     model.train()
@@ -334,21 +335,21 @@ def train_arm(arm: ArmConfig, seed: int, splits: Splits, dist: DistInfo, logger,
                 raise TrainingDiverged(f"{arm.name} seed {seed}: training loss is {train_loss} at step {step}")
             tokens_per_s = window_tokens / window_seconds  # global: all processes together
             metrics.update({
-                "train/loss": train_loss,
-                "lr": lr,
-                "throughput/tokens_per_s": tokens_per_s,
-                "time/step_ms": 1000.0 * window_seconds / window_steps,
+                record.TRAIN_LOSS: train_loss,
+                record.LR: lr,
+                record.TOKENS_PER_S: tokens_per_s,
+                record.STEP_MS: 1000.0 * window_seconds / window_steps,
             })
             if grad_norm is not None:
-                metrics["train/grad_norm"] = grad_norm.item()
+                metrics[record.GRAD_NORM] = grad_norm.item()
             if peak_flops:
-                metrics["mfu"] = flops_per_token * tokens_per_s / (peak_flops * dist.world_size)
+                metrics[record.MFU] = flops_per_token * tokens_per_s / (peak_flops * dist.world_size)
             postfix.update(loss=f"{train_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
             window_tokens, window_seconds, window_steps = 0, 0.0, 0
         if _eval_due(step, steps, tokens_per_step, t.eval_every_tokens):
             metrics.update(run_eval(step))
         if metrics:
-            metrics.update({"tokens": step * tokens_per_step, "time/elapsed_s": train_seconds})
+            metrics.update({record.TOKENS: step * tokens_per_step, record.ELAPSED_S: train_seconds})
             logger.log(step, metrics)
         if bar is not None:
             bar.update(tokens_per_step)

@@ -1,0 +1,132 @@
+"""The MLflow record: every name training writes and analysis reads, in one place.
+
+This module is the one seam between training and analysis (DESIGN.md, "MLflow layout"). Training
+writes through these names, analysis reads through them, and no other file spells one of them as a
+literal (``tests/test_record.py`` checks). It imports nothing but the standard library, so the runner,
+the analysis and a notebook can all use it without torch or MLflow.
+
+The layout, one MLflow experiment per experiment YAML (``name`` or ``tracking.experiment``):
+
+* **parent run**: one per runner invocation (``ROLE_PARENT``). Tags: targets, baseline arm, config hash,
+  git commit, precision parity, the learning rates a sweep chose. Params: the shared config. Artifacts:
+  the resolved YAML, the report (figures and tables), a sweep's learning-rate table. Metrics: the
+  answer (:func:`answer_metric`): each arm's final validation loss, tokens to each target, the speedups
+  with their interval bounds, all computed by :func:`analysis.summary.summarize`.
+* **child run**: one per unit (``ROLE_CHILD``): an (arm, seed), or in a sweep an (arm, learning rate,
+  budget, budget method, seed). Its stage (``STAGE_SEARCH`` or ``STAGE_MAIN``) and method
+  (``METHOD_FULL`` or ``METHOD_COOLDOWN``) say whether it is a learning-rate search unit, a main run or
+  a cooldown branch (``TAG_BRANCH_OF`` set). Params: the flattened resolved config plus ``derived.*``.
+  Metrics against the optimizer step, with :data:`TOKENS` logged at the same steps.
+"""
+
+from __future__ import annotations
+
+import math
+
+# ------------------------------------------------------------------ run roles and their tag values
+TAG_ROLE = "datgpt.role"
+ROLE_PARENT = "parent"
+ROLE_CHILD = "child"
+TAG_PARENT = "mlflow.parentRunId"  # MLflow's own: nests a child run under its parent in the UI
+TAG_RUN_NAME = "mlflow.runName"  # MLflow's own: the run's name
+
+TAG_STAGE = "datgpt.sweep_stage"
+STAGE_SEARCH = "lr_search"  # a learning-rate search unit
+STAGE_MAIN = "main"  # a main-stage run (every run outside a sweep)
+TAG_METHOD = "datgpt.budget_method"
+METHOD_FULL = "full"  # its own full schedule over its budget
+METHOD_COOLDOWN = "cooldown"  # a WSD cooldown branch (or its trunk)
+TAG_LR_SELECTED = "datgpt.lr_selected"  # on search units once the choice is made: "true" | "false"
+TAG_BRANCH_OF = "datgpt.branch_of"  # a cooldown branch: its trunk's run id
+TAG_BRANCH_STEP = "datgpt.branch_step"  # ... and the trunk step it starts from
+
+# ------------------------------------------------------------------ experiment tags
+#: MLflow 3 reads this tag to choose the UI of an experiment; "custom_model_development" is its
+#: "Model training" kind, so the UI opens on the runs table rather than on GenAI traces.
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_TRAINING = "custom_model_development"
+
+# ------------------------------------------------------------------ parent tags
+TAG_TARGETS = "datgpt.targets"  # JSON list of the target validation losses
+TAG_BASELINE = "datgpt.baseline_arm"
+TAG_CONFIG_HASH = "datgpt.config_hash"
+TAG_GIT_COMMIT = "datgpt.git_commit"
+TAG_PRECISION = "datgpt.precision"  # each arm's device/precision/compile/parameter dtype, and parity
+TAG_BEST_LR_PREFIX = "datgpt.best_lr"
+
+
+def best_lr_tag(arm: str, budget: int | None = None) -> str:
+    """The parent tag holding the learning rate the search chose for ``arm`` (at ``budget``, if per budget)."""
+    return f"{TAG_BEST_LR_PREFIX}.{arm}" + (f".{budget}" if budget else "")
+
+
+# ------------------------------------------------------------------ child tags
+TAG_ARM = "datgpt.arm"
+TAG_SEED = "datgpt.seed"
+TAG_MODEL_KIND = "datgpt.model_kind"
+TAG_FAILURE = "datgpt.failure"  # why a child run FAILED (e.g. a NaN loss)
+TAG_CHECKPOINT = "datgpt.checkpoint"  # its final checkpoint (absolute path)
+TAG_INIT_FROM = "datgpt.init_from"  # fine-tuning: the spec as written in the YAML
+TAG_INIT_CHECKPOINT = "datgpt.init_from_checkpoint"  # ... the checkpoint it resolved to (absolute path)
+TAG_INIT_RUN_ID = "datgpt.init_from_run_id"  # ... the child run that wrote that checkpoint
+TAG_INIT_PARENT_RUN_ID = "datgpt.init_from_parent_run_id"
+TAG_INIT_STEP = "datgpt.init_from_step"
+TAG_INIT_TOKENS = "datgpt.init_from_tokens"
+
+# ------------------------------------------------------------------ child params (flattened config keys)
+PARAM_BUDGET = "train.tokens"
+PARAM_LR = "optim.lr"
+PARAM_CONTEXT = "model.context_length"
+DERIVED_PREFIX = "derived"  # derived.steps, derived.tokens_per_step, derived.device, ...
+
+# ------------------------------------------------------------------ child metrics (against the optimizer step)
+TOKENS = "tokens"  # tokens trained so far, logged at every step that logs anything
+VAL_LOSS = "val/loss"  # at step 0, every train.eval_every_tokens, and at the end
+TRAIN_LOSS = "train/loss"
+GRAD_NORM = "train/grad_norm"
+LR = "lr"
+TOKENS_PER_S = "throughput/tokens_per_s"
+STEP_MS = "time/step_ms"
+ELAPSED_S = "time/elapsed_s"  # training seconds so far, evaluations excluded
+MFU = "mfu"  # CUDA only
+DIAG_PREFIX = "diag"  # hypersphere diagnostics: diag/<group>/...
+
+
+def diag_metric(*parts: object) -> str:
+    """``diag/<part>/<part>/...``: a hypersphere-diagnostics metric (training/diagnostics.py)."""
+    return "/".join([DIAG_PREFIX, *(str(p) for p in parts)])
+
+
+# ------------------------------------------------------------------ artifacts
+CONFIG_ARTIFACT = "config/resolved.yaml"  # parent: the resolved experiment YAML
+REPORT_DIR = "report"  # parent: every figure and table of analysis.report.build_report
+LR_SELECTION_TXT = "sweep/lr_selection.txt"  # parent: the learning-rate search and its choice
+LR_SELECTION_CSV = "sweep/lr_selection.csv"
+DIAGNOSTICS_ARTIFACT = "diagnostics/final.json"  # child: final hypersphere diagnostics
+SAMPLES_ARTIFACT = "samples/samples.txt"  # child: text sampled from fixed prompts
+MODEL_ARTIFACT = "model"  # child: the final model in MLflow's PyTorch flavour
+
+# ------------------------------------------------------------------ the answer, as parent metrics
+ANSWER_PREFIX = "result"
+
+
+def target_label(target: float) -> str:
+    """A target as it appears in metric names: 6.0 -> ``6.0``, 5.25 -> ``5.25``."""
+    text = f"{float(target):g}"
+    return text if any(c in text for c in ".en") else text + ".0"
+
+
+def answer_metric(arm: str, quantity: str, target: float | None = None,
+                  context_length: int | None = None) -> str:
+    """The parent-run metric of one number of the answer, e.g. ``result/ngpt/speedup@6.0``.
+
+    ``quantity`` is a column of the summary (``final_val_loss``, ``tokens_to_target``, ``speedup``,
+    ``speedup_ci_low``, ...); ``target`` is omitted for per-arm numbers (the final loss);
+    ``context_length`` is added (``ctx1024/``) only when an experiment has several.
+    """
+    parts = [ANSWER_PREFIX]
+    if context_length is not None and not (isinstance(context_length, float) and math.isnan(context_length)):
+        parts.append(f"ctx{int(context_length)}")
+    parts.append(str(arm))
+    name = "/".join(parts) + f"/{quantity}"
+    return name if target is None else f"{name}@{target_label(target)}"

@@ -1,0 +1,430 @@
+"""The answer: one row per (context length, target, arm) of tokens and seconds to target and speedups.
+
+:func:`summarize` is the one function behind every number a user sees: the table the runner prints,
+the parent run's ``report/`` files and metrics (:func:`answer_metrics`), ``python -m analysis
+summary`` and the figures. The per-curve rules (interpolation, budget mode) are in
+:mod:`analysis.targets`.
+
+**Censored seeds.** Every seed counts. Per seed and target, the tokens to target are one of
+
+* *exact*: the crossing was observed between two evaluations (curve mode) or two budgets (budget mode);
+* *at first* (``≤``): the target was already met at the smallest budget (or at a first evaluation after
+  0 tokens), so the crossing is somewhere below it: that value is an upper bound;
+* *censored* (``≥``): the target was never met, so the crossing is beyond the largest budget (budget
+  mode) or the last evaluation (curve mode): that value is a lower bound.
+
+An arm's tokens to target is the mean over **all** its seeds, each at its value above. Where some
+seeds are censored the mean is a lower bound (``≥``); where some are at first, an upper bound (``≤``);
+where both, no bound holds and the mean is not formed (``?``). The speedup is the baseline's mean over
+the arm's mean, over the seeds both ran (paired); a lower bound on the baseline's side or an upper
+bound on the arm's makes it a lower bound, the opposite an upper bound, and bounds in both directions
+leave it unknown. The bootstrap resamples all paired seeds with the same values, so an interval of a
+bound is the interval of that bound. Seconds to target follow the same rules on training seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from analysis import record
+from analysis.errors import AnalysisWarning
+from analysis.targets import bootstrap_ci, clean_xy, budget_tokens_to_target, speedup, x_to_target
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+__all__ = ["summarize", "answer_metrics", "SUMMARY_COLUMNS", "EXACT", "AT_FIRST", "CENSORED"]
+
+EXACT, AT_FIRST, CENSORED = "exact", "at_first", "censored"
+LOWER, UPPER, UNKNOWN = "lower", "upper", "unknown"  # what a bounded number is: ≥, ≤, neither
+
+SUMMARY_COLUMNS = [
+    "context_length",
+    "target",
+    "arm",
+    "is_baseline",
+    "mode",
+    "budget",
+    "n_budgets",
+    "n_seeds",
+    "n_reached",
+    "n_at_first",
+    "n_censored",
+    "reached",
+    "final_val_loss",
+    "best_val_loss",
+    "tokens_to_target",
+    "tokens_to_target_std",
+    "tokens_to_target_bound",
+    "seconds_to_target",
+    "seconds_to_target_bound",
+    "speedup",
+    "speedup_ci_low",
+    "speedup_ci_high",
+    "speedup_bound",
+    "time_speedup",
+    "time_speedup_ci_low",
+    "time_speedup_ci_high",
+    "time_speedup_bound",
+]
+
+
+@dataclass(frozen=True)
+class Crossing:
+    """One seed's tokens (or seconds) to a target: the value and whether it is exact or a bound."""
+
+    value: float
+    status: str  # EXACT, AT_FIRST (an upper bound) or CENSORED (a lower bound)
+
+
+def curve_crossing(xs: Sequence[float], losses: Sequence[float], target: float) -> Crossing | None:
+    """Curve mode: the first crossing of ``target``; censored at the last evaluation when never met.
+
+    ``None`` when the curve has no finite point. A crossing at the very first evaluation is an upper
+    bound unless that evaluation is at 0 (the usual step-0 evaluation).
+    """
+    x, y = clean_xy(xs, losses)
+    if x.size == 0:
+        return None
+    value = x_to_target(x, y, target)
+    if value is None:
+        return Crossing(float(x[-1]), CENSORED)
+    if y[0] <= target and x[0] > 0:
+        return Crossing(value, AT_FIRST)
+    return Crossing(value, EXACT)
+
+
+def budget_crossing(budgets: Sequence[float], final_losses: Sequence[float], target: float) -> Crossing | None:
+    """Budget mode: the crossing interpolated in log tokens; censored at the largest budget, an upper
+    bound at the smallest. ``None`` when no budget has a finite final loss."""
+    b, _ = clean_xy(budgets, final_losses)
+    b = b[b > 0]
+    if b.size == 0:
+        return None
+    value = budget_tokens_to_target(budgets, final_losses, target)
+    if value is None:
+        return Crossing(float(b.max()), CENSORED)
+    if value == float(b.min()):
+        return Crossing(value, AT_FIRST)
+    return Crossing(value, EXACT)
+
+
+@dataclass(frozen=True)
+class ArmAtTarget:
+    """An arm's seeds at one target, aggregated: the mean over all seeds and what kind of number it is."""
+
+    crossings: dict[Any, Crossing]
+
+    @property
+    def statuses(self) -> set[str]:
+        return {c.status for c in self.crossings.values()}
+
+    @property
+    def bound(self) -> str:
+        censored, at_first = CENSORED in self.statuses, AT_FIRST in self.statuses
+        return UNKNOWN if censored and at_first else LOWER if censored else UPPER if at_first else ""
+
+    @property
+    def mean(self) -> float:
+        if not self.crossings or self.bound == UNKNOWN:
+            return math.nan
+        return float(np.mean([c.value for c in self.crossings.values()]))
+
+    @property
+    def std(self) -> float:
+        """Seed standard deviation, for exact means only (a spread of bounds means nothing)."""
+        if self.bound or len(self.crossings) < 2:
+            return math.nan
+        return float(np.std([c.value for c in self.crossings.values()], ddof=1))
+
+    def count(self, *statuses: str) -> int:
+        return sum(c.status in statuses for c in self.crossings.values())
+
+
+def speedup_bound(base: ArmAtTarget, arm: ArmAtTarget) -> str:
+    """Whether ``mean(base) / mean(arm)`` is exact, a lower or an upper bound, or unknown."""
+    lower = CENSORED in base.statuses or AT_FIRST in arm.statuses
+    upper = AT_FIRST in base.statuses or CENSORED in arm.statuses
+    return UNKNOWN if lower and upper else LOWER if lower else UPPER if upper else ""
+
+
+def ratio_with_ci(base: ArmAtTarget, arm: ArmAtTarget, *, level: float, n_resamples: int,
+                  seed: int) -> tuple[float, float, float, str]:
+    """Speedup point, interval and bound from every seed; paired by seed where the arms share seeds."""
+    nan = math.nan
+    bound = speedup_bound(base, arm)
+    if bound == UNKNOWN or not base.crossings or not arm.crossings:
+        return nan, nan, nan, UNKNOWN if bound == UNKNOWN else ""
+    common = [k for k in base.crossings if k in arm.crossings]
+    if common:
+        b = [base.crossings[k].value for k in common]
+        o = [arm.crossings[k].value for k in common]
+        paired = True
+    else:  # no seed in common (disjoint seed lists): resample each arm on its own
+        b = [c.value for c in base.crossings.values()]
+        o = [c.value for c in arm.crossings.values()]
+        paired = False
+    point = speedup(float(np.mean(b)), float(np.mean(o)))
+    if point is None:
+        return nan, nan, nan, bound
+    ci = bootstrap_ci(b, o, level=level, n_resamples=n_resamples, seed=seed, paired=paired)
+    return (point, nan, nan, bound) if ci is None else (point, ci[0], ci[1], bound)
+
+
+# ------------------------------------------------------------------ from the tidy frame to per-seed runs
+
+
+@dataclass
+class SeedRuns:
+    """One seed of one arm: its runs as (budget, curve) pairs, largest budget last."""
+
+    runs: list[tuple[float, "pd.DataFrame"]]
+
+    @property
+    def largest(self) -> "pd.DataFrame":
+        return self.runs[-1][1]
+
+    def final(self) -> float:
+        return float(self.largest["value"].iloc[-1])
+
+    def best(self) -> float:
+        return float(np.nanmin(np.concatenate([r["value"].to_numpy(float) for _, r in self.runs])))
+
+    def crossing(self, target: float, budget_mode: bool, x: str) -> Crossing | None:
+        if budget_mode:
+            finals = [float(r["value"].iloc[-1]) for _, r in self.runs]
+            xs = [b if x == "tokens" else float(r[x].iloc[-1]) for b, r in self.runs]
+            return budget_crossing(xs, finals, target)
+        return curve_crossing(self.largest[x], self.largest["value"], target)
+
+
+def _seed_key(seed: Any, run_id: Any) -> Any:
+    import pandas as pd
+
+    if seed is None or (not isinstance(seed, str) and pd.isna(seed)):
+        return f"run:{run_id}"
+    return int(seed) if isinstance(seed, (int, np.integer, float)) else seed
+
+
+def _seed_runs(arm_frame: "pd.DataFrame", arm: str, budget_mode: bool) -> dict[Any, SeedRuns]:
+    """Group an arm's validation rows by seed, then by run, ordered by budget."""
+    out: dict[Any, SeedRuns] = {}
+    for key, s in arm_frame.groupby("_key", sort=False):
+        runs = []
+        for _run_id, r in s.groupby("run_id", sort=False):
+            r = r.sort_values("step", kind="stable")
+            b = r["_budget"].iloc[0]
+            if math.isnan(b):
+                b = float(r["tokens"].max()) if r["tokens"].notna().any() else math.nan
+            runs.append((b, r))
+        runs.sort(key=lambda t: -math.inf if math.isnan(t[0]) else t[0])
+        same = [b for b, _ in runs if b == runs[-1][0] or (math.isnan(b) and math.isnan(runs[-1][0]))]
+        if not budget_mode and len(same) > 1:
+            warnings.warn(f"arm {arm!r} seed {key}: {len(same)} runs at the same budget; using run "
+                          f"{runs[-1][1]['run_id'].iloc[0]}", AnalysisWarning, stacklevel=3)
+        out[key] = SeedRuns(runs)
+    return out
+
+
+def _use_budget_mode(n_budgets: dict[str, int], mode: str) -> bool:
+    if mode != "auto":
+        return mode == "budget"
+    use = all(n >= 2 for n in n_budgets.values())
+    if not use and any(n >= 2 for n in n_budgets.values()):
+        warnings.warn("budget mode needs every arm at >= 2 token budgets "
+                      f"({', '.join(f'{a}: {n}' for a, n in n_budgets.items())}); "
+                      "using curve mode on each arm's largest budget", AnalysisWarning, stacklevel=3)
+    return use
+
+
+def _val_rows(frame: "pd.DataFrame") -> "pd.DataFrame":
+    import pandas as pd
+
+    val = frame[frame["metric"] == record.VAL_LOSS].copy()
+    for col in ("budget", "context_length", "tokens", "elapsed_s", "seed"):
+        if col not in val.columns:
+            val[col] = pd.NA
+    val["_budget"] = pd.to_numeric(val["budget"], errors="coerce").astype(float)
+    val["_ctx"] = pd.to_numeric(val["context_length"], errors="coerce").astype(float)
+    val["_key"] = [_seed_key(s, r) for s, r in zip(val["seed"], val["run_id"])]
+    val["tokens"] = pd.to_numeric(val["tokens"], errors="coerce").astype(float)
+    val["elapsed_s"] = pd.to_numeric(val["elapsed_s"], errors="coerce").astype(float)
+    return val
+
+
+def _empty(targets: list[float], baseline_arm: str, level: float) -> "pd.DataFrame":
+    import pandas as pd
+
+    out = pd.DataFrame({c: pd.Series(dtype=object) for c in SUMMARY_COLUMNS})
+    out.attrs.update(baseline_arm=baseline_arm, targets=targets, ci_level=level)
+    return out
+
+
+def summarize(
+    frame: "pd.DataFrame",
+    targets: Sequence[float],
+    baseline_arm: str,
+    *,
+    mode: str = "auto",
+    level: float = 0.95,
+    n_resamples: int = 10_000,
+    seed: int = 0,
+) -> "pd.DataFrame":
+    """One row per (context length, target, arm): tokens/seconds to target and speedups (module docstring).
+
+    ``frame`` is the tidy frame of :func:`analysis.load.load_experiment` (columns ``arm, seed, budget,
+    context_length, run_id, step, tokens, elapsed_s, metric, value``; ``budget`` and ``context_length``
+    may be absent); only validation-loss rows are used. Without targets there is one row per
+    (context length, arm) with ``target`` NaN: the final and best losses.
+
+    Mode (per context length): ``"auto"`` uses **budget mode** when *every* arm has runs at two or more
+    budgets (``train.tokens``), else **curve mode** on each arm's largest budget (with a warning when
+    only some arms have several); ``"curve"``/``"budget"`` force one. ``final_val_loss`` is the last
+    validation loss of the largest budget and ``best_val_loss`` the lowest seen, each a mean over seeds.
+    """
+    import pandas as pd
+
+    if mode not in ("auto", "curve", "budget"):
+        raise ValueError(f"mode must be 'auto', 'curve' or 'budget', got {mode!r}")
+    target_list = [float(t) for t in targets]
+    if frame is None or len(frame) == 0 or "metric" not in frame:
+        return _empty(target_list, baseline_arm, level)
+    val = _val_rows(frame)
+    if val.empty:
+        return _empty(target_list, baseline_arm, level)
+
+    ctx_values = sorted(val["_ctx"].dropna().unique().tolist())
+    if val["_ctx"].isna().any():
+        ctx_values.append(math.nan)
+    rows: list[dict[str, Any]] = []
+    for ctx in ctx_values:
+        g = val[val["_ctx"].isna()] if math.isnan(ctx) else val[val["_ctx"] == ctx]
+        rows += _context_rows(g, ctx, target_list, baseline_arm, mode,
+                              dict(level=level, n_resamples=n_resamples, seed=seed))
+    out = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    for col in ("context_length", "budget"):
+        out[col] = out[col].astype("Int64")
+    for col in ("n_budgets", "n_seeds", "n_reached", "n_at_first", "n_censored"):
+        out[col] = out[col].astype(int)
+    for col in ("reached", "is_baseline"):
+        out[col] = out[col].astype(bool)
+    text_cols = {"context_length", "arm", "is_baseline", "mode", "budget", "reached"}
+    for col in SUMMARY_COLUMNS:
+        if col not in text_cols and not col.startswith("n_") and not col.endswith("_bound"):
+            out[col] = out[col].astype(float)
+    out.attrs.update(baseline_arm=baseline_arm, targets=target_list, ci_level=level)
+    return out
+
+
+def _context_rows(g: "pd.DataFrame", ctx: float, targets: list[float], baseline_arm: str, mode: str,
+                  ci: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of one context length."""
+    import pandas as pd
+
+    arms = sorted(g["arm"].unique().tolist(), key=lambda a: (a != baseline_arm, str(a)))
+    n_budgets = {a: int(g.loc[g["arm"] == a, "_budget"].dropna().nunique()) for a in arms}
+    budget_mode = _use_budget_mode(n_budgets, mode)
+    if baseline_arm not in arms:
+        where = "" if math.isnan(ctx) else f" at context length {int(ctx)}"
+        warnings.warn(f"baseline arm {baseline_arm!r} has no runs{where}; speedups are NaN",
+                      AnalysisWarning, stacklevel=3)
+    seeds = {arm: _seed_runs(g[g["arm"] == arm], arm, budget_mode) for arm in arms}
+    budget_of = {arm: g.loc[g["arm"] == arm, "_budget"].max() for arm in arms}
+
+    def at(arm: str, target: float, x: str) -> ArmAtTarget:
+        crossings = {k: s.crossing(target, budget_mode, x) for k, s in seeds[arm].items()}
+        return ArmAtTarget({k: c for k, c in crossings.items() if c is not None})
+
+    rows = []
+    for target in targets or [math.nan]:
+        for arm in arms:
+            row: dict[str, Any] = dict(
+                context_length=pd.NA if math.isnan(ctx) else int(ctx), target=target, arm=arm,
+                is_baseline=arm == baseline_arm, mode="budget" if budget_mode else "curve",
+                budget=pd.NA if pd.isna(budget_of[arm]) else int(budget_of[arm]), n_budgets=n_budgets[arm],
+                n_seeds=len(seeds[arm]),
+                final_val_loss=float(np.mean([s.final() for s in seeds[arm].values()])),
+                best_val_loss=float(np.mean([s.best() for s in seeds[arm].values()])))
+            if math.isnan(target):
+                rows.append(row | _no_target())
+                continue
+            tokens, secs = at(arm, target, "tokens"), at(arm, target, "elapsed_s")
+            row.update(n_reached=tokens.count(EXACT, AT_FIRST), n_at_first=tokens.count(AT_FIRST),
+                       n_censored=tokens.count(CENSORED), reached=tokens.count(EXACT, AT_FIRST) > 0,
+                       tokens_to_target=tokens.mean, tokens_to_target_std=tokens.std,
+                       tokens_to_target_bound=tokens.bound, seconds_to_target=secs.mean,
+                       seconds_to_target_bound=secs.bound)
+            row.update(_speedups(arm, baseline_arm, tokens, secs, at, target, arms, ci))
+            rows.append(row)
+    return rows
+
+
+def _no_target() -> dict[str, Any]:
+    nan = math.nan
+    return dict(n_reached=0, n_at_first=0, n_censored=0, reached=False, tokens_to_target=nan,
+                tokens_to_target_std=nan, tokens_to_target_bound="", seconds_to_target=nan,
+                seconds_to_target_bound="", speedup=nan, speedup_ci_low=nan, speedup_ci_high=nan,
+                speedup_bound="", time_speedup=nan, time_speedup_ci_low=nan, time_speedup_ci_high=nan,
+                time_speedup_bound="")
+
+
+def _speedups(arm: str, baseline_arm: str, tokens: ArmAtTarget, secs: ArmAtTarget, at, target: float,
+              arms: list[str], ci: dict[str, Any]) -> dict[str, Any]:
+    nan = math.nan
+    if arm == baseline_arm:  # against itself: 1 by definition
+        return dict(speedup=1.0, speedup_ci_low=nan, speedup_ci_high=nan, speedup_bound="", time_speedup=1.0,
+                    time_speedup_ci_low=nan, time_speedup_ci_high=nan, time_speedup_bound="")
+    if baseline_arm not in arms:
+        return {k: v for k, v in _no_target().items() if "speedup" in k}
+    sp = ratio_with_ci(at(baseline_arm, target, "tokens"), tokens, **ci)
+    tsp = ratio_with_ci(at(baseline_arm, target, "elapsed_s"), secs, **ci)
+    return dict(speedup=sp[0], speedup_ci_low=sp[1], speedup_ci_high=sp[2], speedup_bound=sp[3],
+                time_speedup=tsp[0], time_speedup_ci_low=tsp[1], time_speedup_ci_high=tsp[2],
+                time_speedup_bound=tsp[3])
+
+
+# ------------------------------------------------------------------ the answer as parent-run metrics
+
+#: summary columns logged per (arm, target) on the parent run (speedups only for arms other than the baseline)
+ANSWER_TARGET_COLUMNS = ("tokens_to_target", "seconds_to_target")
+ANSWER_SPEEDUP_COLUMNS = ("speedup", "speedup_ci_low", "speedup_ci_high",
+                          "time_speedup", "time_speedup_ci_low", "time_speedup_ci_high")
+
+
+def answer_metrics(summary: "pd.DataFrame") -> dict[str, float]:
+    """The summary's numbers as parent-run metrics (names: :func:`analysis.record.answer_metric`).
+
+    Per arm its final validation loss; per arm and target its tokens and seconds to target; per other
+    arm and target the speedups with their interval bounds. NaN cells (not formed) are left out; a bound
+    (``≥``/``≤``) is logged as its value, and the tables say which it is.
+    """
+    import pandas as pd
+
+    if summary.empty:
+        return {}
+    ctx = summary["context_length"]
+    several = ctx.dropna().nunique() > 1
+    out: dict[str, float] = {}
+
+    def put(name: str, value: Any) -> None:
+        v = float(value)
+        if math.isfinite(v):
+            out[name] = v
+
+    for _, r in summary.iterrows():
+        c = None if not several or pd.isna(r["context_length"]) else int(r["context_length"])
+        put(record.answer_metric(r["arm"], "final_val_loss", context_length=c), r["final_val_loss"])
+        if pd.isna(r["target"]):
+            continue
+        for col in ANSWER_TARGET_COLUMNS:
+            put(record.answer_metric(r["arm"], col, r["target"], c), r[col])
+        if not r["is_baseline"]:
+            for col in ANSWER_SPEEDUP_COLUMNS:
+                put(record.answer_metric(r["arm"], col, r["target"], c), r[col])
+    return out
