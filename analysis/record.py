@@ -118,7 +118,7 @@ def target_label(target: float) -> str:
 
 def answer_metric(arm: str, quantity: str, target: float | None = None,
                   context_length: int | None = None) -> str:
-    """The parent-run metric of one number of the answer, e.g. ``result/ngpt/speedup@6.0``.
+    """The parent-run metric of one number of the answer, e.g. ``result/ngpt/speedup_at_6.0``.
 
     ``quantity`` is a column of the summary (``final_val_loss``, ``tokens_to_target``, ``speedup``,
     ``speedup_ci_low``, ...); ``target`` is omitted for per-arm numbers (the final loss);
@@ -129,4 +129,4 @@ def answer_metric(arm: str, quantity: str, target: float | None = None,
         parts.append(f"ctx{int(context_length)}")
     parts.append(str(arm))
     name = "/".join(parts) + f"/{quantity}"
-    return name if target is None else f"{name}@{target_label(target)}"
+    return name if target is None else f"{name}_at_{target_label(target)}"

@@ -255,11 +255,12 @@ def test_curve_mode_summary_matches_analytic(store):
         assert row["time_speedup"] == pytest.approx(
             (np.mean(g) / TPS["gpt"]) / (np.mean(n) / TPS["ngpt"]))
         assert row["n_seeds"] == 3 and row["n_reached"] == 3 and row["reached"]
-    # 3.0 is below the loss floor: reported as not reached
+    # 3.0 is below the loss floor: not reached, every seed censored at its last evaluation (1.5 M tokens)
     for arm in ("gpt", "ngpt"):
         row = s.loc[(3.0, arm)]
-        assert not row["reached"] and row["n_reached"] == 0
-        assert math.isnan(row["tokens_to_target"])
+        assert not row["reached"] and row["n_reached"] == 0 and row["n_censored"] == 3
+        assert row["tokens_to_target"] == 1_500_000 and row["tokens_to_target_bound"] == "lower"
+    assert s.loc[(3.0, "ngpt"), "speedup_bound"] == "unknown" and math.isnan(s.loc[(3.0, "ngpt"), "speedup"])
     finals = [max(10 - K_GPT[k] * 1_500_000, FLOOR) for k in K_GPT]
     assert s.loc[(6.0, "gpt"), "final_val_loss"] == pytest.approx(np.mean(finals))
     assert s.loc[(6.0, "gpt"), "best_val_loss"] == pytest.approx(np.mean(finals))

@@ -55,8 +55,17 @@ def test_the_scan_sees_a_spelled_name(tmp_path):
 
 
 def test_answer_metric_names():
-    assert record.answer_metric("ngpt", "speedup", 6.0) == "result/ngpt/speedup@6.0"
+    assert record.answer_metric("ngpt", "speedup", 6.0) == "result/ngpt/speedup_at_6.0"
     assert record.answer_metric("gpt", "final_val_loss") == "result/gpt/final_val_loss"
-    assert record.answer_metric("ngpt", "tokens_to_target", 5.25, 1024) == "result/ctx1024/ngpt/tokens_to_target@5.25"
+    assert record.answer_metric("ngpt", "tokens_to_target", 5.25, 1024) == "result/ctx1024/ngpt/tokens_to_target_at_5.25"
     assert record.best_lr_tag("ngpt") == "datgpt.best_lr.ngpt"
     assert record.best_lr_tag("ngpt", 16384) == "datgpt.best_lr.ngpt.16384"
+
+
+def test_answer_metric_names_are_valid_mlflow_names():
+    """MLflow takes alphanumerics, _ - . space : / only (its own check raises on anything else)."""
+    from mlflow.utils.validation import _validate_metric_name
+
+    for name in (record.answer_metric("gpt_qk", "speedup_ci_low", 3.25, 256),
+                 record.answer_metric("ngpt", "final_val_loss"), record.diag_metric("cond", "attn_q", "layer_00")):
+        _validate_metric_name(name)

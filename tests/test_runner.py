@@ -59,7 +59,7 @@ def check_mlflow_layout(uri: str, experiment: str, arms=("gpt", "ngpt")) -> dict
     assert parent.data.tags["datgpt.targets"] == "[10.0, 9.0]"
     assert len(parent.data.tags["datgpt.config_hash"]) == 16
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"config", "summary", "report"} <= artifacts
+    assert {"config", "report"} <= artifacts
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/val_loss_vs_tokens.png", "report/diag_norms.png", "report/diag_ngpt_scalars.png"} <= report, report
     assert parent.data.tags["datgpt.precision"] == "same for all arms: cpu/fp32/float32 weights"

@@ -115,8 +115,8 @@ def test_answer_metrics_hold_the_summary_numbers():
     s = summarize(_frame(runs), [5.0, -100.0], "gpt")
     m = answer_metrics(s)
     assert m["result/gpt/final_val_loss"] == pytest.approx(s.loc[s["arm"] == "gpt", "final_val_loss"].iloc[0])
-    assert m["result/gpt/tokens_to_target@5.0"] == pytest.approx(400.0)
-    assert m["result/ngpt/speedup@5.0"] == pytest.approx(4.0)
-    assert "result/gpt/speedup@5.0" not in m  # the baseline has no speedup
-    assert "result/ngpt/speedup@-100.0" not in m  # unknown (both censored): not formed, not logged
-    assert m["result/ngpt/tokens_to_target@-100.0"] == pytest.approx(1000.0)  # the censoring point (a bound)
+    assert m["result/gpt/tokens_to_target_at_5.0"] == pytest.approx(400.0)
+    assert m["result/ngpt/speedup_at_5.0"] == pytest.approx(4.0)
+    assert "result/gpt/speedup_at_5.0" not in m  # the baseline has no speedup
+    assert "result/ngpt/speedup_at_-100.0" not in m  # unknown (both censored): not formed, not logged
+    assert m["result/ngpt/tokens_to_target_at_-100.0"] == pytest.approx(1000.0)  # the censoring point (a bound)

@@ -225,7 +225,11 @@ def run_experiment(cfg: ExperimentConfig, splits: Splits, dist: DistInfo, *, pro
             print(format_summary(report.summary))
             if report.cooldown_vs_full is not None:
                 print(f"\ncooldown branches vs full runs:\n{format_cooldown_table(report.cooldown_vs_full)}")
-            tracker.log_metrics(parent_id, answer_metrics(report.summary))
+            try:
+                tracker.log_metrics(parent_id, answer_metrics(report.summary))
+            except Exception as err:  # the tables are logged already; the metrics are a convenience
+                print(f"warning: could not log the summary metrics on the parent run ({type(err).__name__})",
+                      file=sys.stderr)
         tracker.finish(parent_id, "FINISHED")
         if invocation is not None:
             invocation.finished = True
