@@ -234,8 +234,8 @@ def run_experiment(cfg: ExperimentConfig, splits: Splits, dist: DistInfo, *, pro
         if invocation is not None:
             invocation.finished = True
             invocation.save()
-        print(f"\nFigures and tables: python -m analysis figures --experiment {cfg.experiment_name}   "
-              f"Runs: mlflow ui")
+        print(f"\nFigures and tables: python -m analysis figures --experiment {cfg.experiment_name}\n"
+              f"Runs in MLflow: {tracker.runs_url(experiment_id)}")
     return 0
 
 

@@ -231,6 +231,15 @@ class Tracker:
     def log_artifacts(self, run_id: str, folder: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(run_id, str(folder), artifact_path)
 
+    def runs_url(self, experiment_id: str) -> str:
+        """Where the experiment's runs table opens: the server itself, or `mlflow ui`'s default address for a
+        local store (with the command that serves it)."""
+        page = f"#/experiments/{experiment_id}?workflowType=machine_learning"
+        if self.uri.startswith(("http://", "https://")):
+            return f"{self.uri.rstrip('/')}/{page}"
+        serve = "mlflow ui" if self.uri == "sqlite:///mlflow.db" else f"mlflow ui --backend-store-uri {self.uri}"
+        return f"http://127.0.0.1:5000/{page}  (after `{serve}` in this folder)"
+
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
         """Log a few metrics synchronously (the parent run's answer)."""
         from mlflow.entities import Metric
