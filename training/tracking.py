@@ -19,6 +19,19 @@ from analysis import record
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit per log_batch call
 MAX_PARAMS_PER_BATCH = 100
 MAX_PARAM_CHARS = 6000
+FLUSH_WAIT_S = 20.0  # longest a checkpoint waits for MLflow to store the metrics logged so far
+FLUSH_EVERY_S = 5.0  # metrics reach MLflow at least this often (the UI shows a run's curves as it trains)
+
+
+def _done_within(operation, seconds: float) -> bool:
+    """Whether an MLflow async operation has finished within `seconds` (without raising its error)."""
+    from concurrent.futures import wait
+
+    futures = getattr(operation, "_operation_futures", None)
+    if futures is None:  # another MLflow: fall back to its blocking wait
+        return True
+    done, not_done = wait(futures, timeout=max(0.0, seconds))
+    return not not_done
 
 
 class TrackingError(RuntimeError):
@@ -52,20 +65,27 @@ def _param_value(value: Any) -> str:
 class RunLogger:
     """Buffered metric logging into one MLflow run that survives a lost tracking server.
 
-    `log()` only appends to a buffer; `flush()` hands full batches to MLflow's async queue. Batches
+    `log()` only appends to a buffer; `flush()` hands batches to MLflow's async queue when 1,000 metrics are
+    buffered or every 5 s. Batches
     that fail (server down) go back into the buffer and are retried at the next flush; whatever
     still fails when the run closes is written to `mlflow-unsynced/<run_id>.jsonl`, which
     `python -m training.tracking sync FILE` uploads later. Training never stops for the tracker.
     """
 
     def __init__(self, client, run_id: str, flush_every: int = MAX_METRICS_PER_BATCH,
-                 unsynced_dir: Path = Path("mlflow-unsynced")):
+                 unsynced_dir: Path = Path("mlflow-unsynced"), wait_timeout: float = FLUSH_WAIT_S,
+                 flush_every_s: float = FLUSH_EVERY_S):
         self.client = client
         self.run_id = run_id
         self.flush_every = flush_every
         self.unsynced_dir = unsynced_dir
+        self.wait_timeout = wait_timeout
+        self.flush_every_s = flush_every_s
+        self._last_flush = time.monotonic()
         self._buffer: list = []
         self._pending: list = []
+        self._warned = False
+        self._stalled = False  # batches were still in flight at the last deadline
         self.last_error: Exception | None = None
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
@@ -73,11 +93,14 @@ class RunLogger:
 
         now = int(time.time() * 1000)
         self._buffer.extend(Metric(key, float(value), now, step) for key, value in metrics.items())
-        if len(self._buffer) >= self.flush_every:
+        if len(self._buffer) >= self.flush_every or time.monotonic() - self._last_flush >= self.flush_every_s:
             self.flush()
 
     def flush(self, wait: bool = False) -> None:
-        """Hand the buffer to MLflow's async queue; with `wait`, block until it is stored (or failed)."""
+        """Hand the buffer to MLflow's async queue; with `wait` (at a checkpoint), wait until it is stored or
+        failed, but at most `wait_timeout` seconds: while the server is away, training goes on and what is
+        in flight stays with MLflow's queue, which keeps retrying it."""
+        self._last_flush = time.monotonic()
         while self._buffer:
             chunk, self._buffer = self._buffer[:MAX_METRICS_PER_BATCH], self._buffer[MAX_METRICS_PER_BATCH:]
             try:
@@ -86,24 +109,38 @@ class RunLogger:
                 self.last_error = err
                 self._buffer = chunk + self._buffer
                 break
-        if wait:
-            self._wait()
+        if wait:  # once the server has missed a deadline, do not wait again until it has caught up
+            self._wait(0.0 if self._stalled else self.wait_timeout)
 
-    def _wait(self) -> None:
-        failed = []
+    def _wait(self, timeout: float | None = None) -> None:
+        """Collect finished batches (failed ones go back into the buffer); with a timeout, leave the
+        ones still in flight pending."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        failed, in_flight = [], []
         for operation, chunk in self._pending:
+            if operation is None:
+                continue
+            if deadline is not None and not _done_within(operation, deadline - time.monotonic()):
+                in_flight.append((operation, chunk))
+                continue
             try:
-                if operation is not None:
-                    operation.wait()
+                operation.wait()
             except Exception as err:
                 self.last_error = err
                 failed.extend(chunk)
-        self._pending.clear()
+        if in_flight and not self._warned:
+            self._warned = True
+            print(f"warning: MLflow has not stored run {self.run_id}'s metrics within {timeout:.0f} s; training "
+                  f"goes on and they are retried (kept locally if they still fail when the run ends)",
+                  file=sys.stderr)
+        self._stalled = bool(in_flight)
+        self._pending = in_flight
         self._buffer = failed + self._buffer
 
     def close(self, status: str = "FINISHED") -> Path | None:
         """Flush everything and end the run; returns the local record when MLflow could not take it."""
-        self.flush(wait=True)
+        self.flush()
+        self._wait()  # no time limit: MLflow's own retries decide
         if self._buffer:  # one last synchronous try
             try:
                 for i in range(0, len(self._buffer), MAX_METRICS_PER_BATCH):
