@@ -204,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
                                      processes=f"--nproc-per-node {launch}" if launch else None)
         if launch and not args.dry_run:
             return relaunch_under_torchrun(argv, launch)
+        if args.dry_run:
+            _check_tracking_server()
         context_length = max(arm.model.context_length for arm in cfg.arms)
         if args.dry_run and cfg.data.hf is not None and not _hf_prepared(cfg.data):
             dry_run(cfg, None, runtimes, world_size)  # a dry run does not stream and tokenize a dataset (hours)
@@ -231,6 +233,19 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, TokenizerError, UsageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+def _check_tracking_server() -> None:
+    """A dry run checks that an MLflow tracking server answers, as a run does before training (a local
+    store is not opened: that would create it)."""
+    from training.session import UsageError
+    from training.tracking import Tracker, TrackingError, tracking_uri
+
+    if tracking_uri().startswith(("http://", "https://")):
+        try:
+            Tracker().check()
+        except TrackingError as err:
+            raise UsageError(str(err)) from None
 
 
 def _hf_prepared(data) -> bool:

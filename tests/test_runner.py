@@ -279,7 +279,10 @@ def test_bad_input_exits_2_with_one_line(tmp_path, args, message, data_dir):
 
 
 def test_unreachable_server_is_reported_before_training(tmp_path, data_dir):
-    result = run_cli([str(write_yaml(tmp_path))], tmp_path, MLFLOW_TRACKING_URI=f"http://127.0.0.1:{_free_port()}")
+    uri = f"http://127.0.0.1:{_free_port()}"
+    result = run_cli([str(write_yaml(tmp_path))], tmp_path, MLFLOW_TRACKING_URI=uri)
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: MLflow tracking server http://127.0.0.1:")
     assert "gpt seed 0" not in result.stderr
+    dry = run_cli([str(write_yaml(tmp_path)), "--dry-run"], tmp_path, MLFLOW_TRACKING_URI=uri)  # checked alike
+    assert dry.returncode == 2 and dry.stderr == result.stderr and dry.stdout == ""
