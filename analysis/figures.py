@@ -306,6 +306,7 @@ def fig_tokens_to_target(summary: pd.DataFrame, styles: dict[str, ArmStyle],
 
     if has_speedup:
         ax = axes[1]
+        tops = [1.0]
         for j, arm in enumerate(others):
             off = (j - (len(others) - 1) / 2) * width / max(len(arms), 1)
             rows = summary[summary["arm"] == arm].set_index("target").reindex(targets)
@@ -315,7 +316,8 @@ def fig_tokens_to_target(summary: pd.DataFrame, styles: dict[str, ArmStyle],
             yerr = np.vstack([np.nan_to_num(sp - lo, nan=0.0), np.nan_to_num(hi - sp, nan=0.0)])
             yerr = np.clip(yerr, 0, None)
             st = styles[arm]
-            if np.any(yerr > 0):
+            tops += [v for v in np.r_[sp, hi] if np.isfinite(v)]
+            if np.any(np.isfinite(lo) & np.isfinite(hi)):
                 ax.errorbar(xpos + off, sp, yerr=yerr, fmt=st.marker, color=st.color, label=arm,
                             linestyle="none", markersize=5)
             else:  # no interval (fewer than 2 paired seeds): no bar in the plot nor in the legend
@@ -329,7 +331,7 @@ def fig_tokens_to_target(summary: pd.DataFrame, styles: dict[str, ArmStyle],
         ax.axhline(1.0, color="0.3", linewidth=0.8, linestyle="--", zorder=1)
         _categorical_targets(ax, targets)
         ax.set_ylabel(f"speedup in tokens vs {baseline_arm} (\u00d7)")
-        ax.set_ylim(bottom=0)
+        ax.set_ylim(0, 1.1 * max(tops))  # room above the highest marker or bar
     fig.subplots_adjust(wspace=0.35)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 0.89),
@@ -342,9 +344,9 @@ def fig_tokens_to_target(summary: pd.DataFrame, styles: dict[str, ArmStyle],
     if has_speedup:
         level = float(summary.attrs.get("ci_level", 0.95))
         bars = any(isinstance(c, ErrorbarContainer) for c in axes[1].containers)
-        notes.append(f"speedup: ratio of the mean tokens, bars = {level:.0%} paired bootstrap CI over seeds "
-                     f"(none with fewer than 2 seeds); dashed line = no speedup" if bars else
-                     "speedup: ratio of the tokens, no interval with one seed; dashed line = no speedup")
+        notes.append(f"speedup: ratio of the mean tokens, dashed line = no speedup;\n"
+                     f"bars = {level:.0%} paired bootstrap CI over seeds (none with fewer than 2 seeds)" if bars
+                     else "speedup: ratio of the tokens, no interval with one seed; dashed line = no speedup")
     if any(t.get_text() == "n.r." for ax in axes for t in ax.texts):
         notes.append("n.r. = not reached within the run")
     caption(fig, ";\n".join(notes) + ".")
@@ -384,13 +386,20 @@ def fig_final_loss_vs_budget(frame: pd.DataFrame, summary: pd.DataFrame,
         raise NotApplicable("every arm was trained at a single token budget (curve mode)")
     fig = Figure(figsize=(5.0, 3.3))
     ax = fig.subplots()
+    most_seeds = 1
     for arm in _ordered_arms(multi.index.tolist(), styles):
-        g = fl[fl["arm"] == arm].groupby("budget")["value"].agg(["mean", "min", "max"])
+        g = fl[fl["arm"] == arm].groupby("budget")["value"].agg(["mean", "min", "max", "count"])
         g = g.sort_index()
         b = g.index.to_numpy(dtype=float)
         yerr = np.vstack([g["mean"] - g["min"], g["max"] - g["mean"]])
         st = styles[arm]
-        ax.errorbar(b, g["mean"], yerr=yerr, label=arm, **st.line_kwargs())
+        n = int(g["count"].max())
+        most_seeds = max(most_seeds, n)
+        label = f"{arm} (n = {n} seed{'s' if n != 1 else ''})"
+        if n > 1:
+            ax.errorbar(b, g["mean"], yerr=yerr, label=label, **st.line_kwargs())
+        else:  # one seed per budget: no bar, in the plot or the legend
+            ax.plot(b, g["mean"], label=label, **st.line_kwargs())
         if not summary.empty:
             s = summary[(summary["arm"] == arm) & (summary["mode"] == "budget")]
             s = s[np.isfinite(s["tokens_to_target"].to_numpy(float))]
@@ -407,8 +416,9 @@ def fig_final_loss_vs_budget(frame: pd.DataFrame, summary: pd.DataFrame,
     ax.set_xlabel("token budget (tokens, log scale)")
     ax.set_ylabel("final " + LOSS_LABEL)
     ax.legend(loc="best")
-    caption(fig, "Mean over seeds at each budget, bars = min..max over seeds; | = tokens to the target, "
-                 "interpolated in log-tokens.")
+    caption(fig, ("Mean over seeds at each budget, bars = min..max over seeds" if most_seeds > 1 else
+                  "One seed per budget (n = 1), so no bars") +
+            ";\n| = tokens to the target, interpolated in log-tokens.")
     return fig
 
 
@@ -456,8 +466,8 @@ def fig_speedup_vs_context(summary: pd.DataFrame, styles: dict[str, ArmStyle],
         ax.set_visible(False)
     axes[0].legend(loc="best")
     level = float(summary.attrs.get("ci_level", 0.95))
-    caption(fig, f"Speedup = ratio of the mean tokens to the target; bars = {level:.0%} paired bootstrap CI "
-                 f"over seeds (none with fewer than 2 seeds); dashed line = no speedup.")
+    caption(fig, f"Speedup = ratio of the mean tokens to the target; dashed line = no speedup;\n"
+                 f"bars = {level:.0%} paired bootstrap CI over seeds (none with fewer than 2 seeds).")
     return fig
 
 

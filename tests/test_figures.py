@@ -129,3 +129,28 @@ def test_tokens_to_target_with_seeds_says_what_its_bars_are():
         assert [t.get_text() for t in ax.get_xticklabels()] == ["7.0", "6.5", "6.0"]
         assert ax.get_xlim() == (-0.5, 2.5)
         assert not any(line.get_visible() for line in ax.xaxis.get_gridlines())
+
+
+@pytest.mark.parametrize("seeds", [1, 2])
+def test_final_loss_vs_budget_bars_only_with_several_seeds(seeds):
+    from analysis.figures import fig_final_loss_vs_budget
+
+    rows = []
+    for arm, c in (("gpt", 10.0), ("ngpt", 9.9)):
+        for seed in range(seeds):
+            for budget in (1_000_000, 2_000_000, 4_000_000):
+                rows.append(dict(run_id=f"{arm}-{seed}-{budget}", arm=arm, seed=seed, budget=budget,
+                                 context_length=64, step=10, tokens=budget, elapsed_s=1.0, metric="val/loss",
+                                 value=c - 0.5 * np.log(budget) + 0.05 * seed))
+    with style_context():
+        fig = drawn(fig_final_loss_vs_budget(pd.DataFrame(rows), pd.DataFrame(), [2.9],
+                                             arm_styles(["gpt", "ngpt"], "gpt")))
+    ax = fig.axes[0]
+    bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    if seeds == 1:
+        assert not bars and legend == ["gpt (n = 1 seed)", "ngpt (n = 1 seed)"]
+        assert "One seed per budget (n = 1), so no bars" in notes(fig)
+    else:
+        assert len(bars) == 2 and legend == ["gpt (n = 2 seeds)", "ngpt (n = 2 seeds)"]
+        assert "bars = min..max over seeds" in notes(fig)
