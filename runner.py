@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--nproc-per-node", type=_positive_int,
                         help="relaunch under torchrun with this many processes on this machine")
     parser.add_argument("--dry-run", action="store_true",
-                        help="print each arm's resolved config, parameters, tokens per step and steps; train nothing")
+                        help="check the experiment as a run would and print what it would do (what differs "
+                             "between the arms, sizes, steps, device, precision, MLflow target); train nothing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     resume = parser.add_mutually_exclusive_group()
     resume.add_argument("--resume", nargs="?", const="latest", metavar="PARENT_RUN_ID|FOLDER",
@@ -87,14 +88,32 @@ def relaunch_under_torchrun(argv: list[str], nproc: int) -> int:
     return subprocess.call(command)
 
 
-def dry_run(cfg, splits) -> None:
-    import dataclasses
+def arm_differences(cfg) -> list[tuple[str, list[str]]]:
+    """The config keys (dotted, as `--set` takes them) whose values differ between the arms, with each
+    arm's value in `cfg.arms` order; a key an arm lacks (e.g. `init_from`) shows as "-"."""
+    from training.config import arm_to_dict, flatten
+
+    flat = [flatten(arm_to_dict(arm)) for arm in cfg.arms]
+    keys = list(dict.fromkeys(k for f in flat for k in f))
+    missing = object()
+    rows = []
+    for key in keys:
+        values = [f.get(key, missing) for f in flat]
+        if any(v != values[0] for v in values[1:]):
+            rows.append((key, ["-" if v is missing else "null" if v is None else str(v) for v in values]))
+    return rows
+
+
+def dry_run(cfg, splits, runtimes: dict, world_size: int = 1) -> None:
+    """What a run would do, checked as the run checks it, without training or logging anything: the data,
+    where MLflow will log, what differs between the arms, and each arm's size, steps and runtime."""
+    import os
 
     import torch
-    import yaml
 
     from models import build_model
-    from training.config import arm_to_dict
+    from training.config import local_accum_steps
+    from training.tracking import tracking_uri
 
     print(f"experiment {cfg.name!r} from {cfg.source}: seeds {cfg.seeds}, targets {cfg.targets}")
     if splits is None:
@@ -106,16 +125,39 @@ def dry_run(cfg, splits) -> None:
     else:
         print(f"data: {splits.source} -> {splits.train.numel():,} train / {splits.val.numel():,} validation tokens "
               f"({cfg.tokenizer})")
-    print(f"shared: {yaml.safe_dump({'data': dataclasses.asdict(cfg.data), 'tracking': dataclasses.asdict(cfg.tracking)}, sort_keys=False).strip()}")
+    origin = "from MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "MLflow's default"
+    print(f"MLflow: tracking URI {tracking_uri()} ({origin}), experiment {cfg.experiment_name!r}: one parent "
+          f"run, a child run per arm and seed")
+    if cfg.checkpoint.enabled:
+        print(f"checkpoints: {os.path.join(cfg.checkpoint.dir, cfg.experiment_name)}/<parent run id>/")
+    print(f"processes: {world_size}")
+
+    differences = arm_differences(cfg)
+    names = [arm.name for arm in cfg.arms]
+    if len(names) == 1:
+        print(f"\none arm ({names[0]}): nothing to compare")
+    elif not differences:
+        print(f"\narms {', '.join(names)}: identical configs")
+    else:
+        print(f"\nwhat differs between the arms ({len(differences)} keys; the rest is the same):")
+        width = max(len("key"), *(len(k) for k, _ in differences))
+        widths = [max(len(name), *(len(values[i]) for _, values in differences)) for i, name in enumerate(names)]
+        print("  " + "  ".join([f"{'key':{width}s}", *(f"{n:{w}s}" for n, w in zip(names, widths))]).rstrip())
+        for key, values in differences:
+            print("  " + "  ".join([f"{key:{width}s}", *(f"{v:{w}s}" for v, w in zip(values, widths))]).rstrip())
+
     for arm in cfg.arms:
         with torch.device("meta"):
             model = build_model(arm.model)
+        rt = runtimes[arm.name]
+        local = local_accum_steps(arm.train.grad_accum_steps, world_size, arm=arm.name)
         print(f"\n== arm {arm.name} ==")
-        print(yaml.safe_dump(arm_to_dict(arm), sort_keys=False).rstrip())
         print(f"parameters: {model.num_params():,} ({model.num_params(exclude_embedding=True):,} without the "
               f"input embedding); FLOPs/token {model.flops_per_token(arm.model.context_length):,}")
         print(f"tokens per step: {arm.tokens_per_step():,}; steps: {arm.steps():,}; "
               f"tokens trained: {arm.steps() * arm.tokens_per_step():,}")
+        print(f"runtime: {rt.device.type}, {rt.precision}, compile {'on' if rt.compile else 'off'}; "
+              f"{local} micro-batch{'es' if local > 1 else ''} of {arm.train.micro_batch_size} per process and step")
     if cfg.sweep.active:
         print_sweep_plan(cfg)
 
@@ -148,25 +190,29 @@ def main(argv: list[str] | None = None) -> int:
     from training import distributed
     from training.config import ConfigError, load_experiment
     from training.data import DataError, load_splits
-    from training.session import UsageError, run_experiment
+    from training.session import UsageError, check_runtime, run_experiment
     from training.tokenizer import TokenizerError
     from training.trainer import StopFlag
 
     try:
         cfg = load_experiment(args.experiment, args.overrides, arms=args.arms, seeds=args.seeds)
-        if args.nproc_per_node and not distributed.under_torchrun() and not args.dry_run:
-            for arm in cfg.arms:
-                if arm.train.grad_accum_steps % args.nproc_per_node:
-                    raise UsageError(f"train.grad_accum_steps: {arm.train.grad_accum_steps} (arm {arm.name}) "
-                                     f"is not divisible by --nproc-per-node {args.nproc_per_node}")
-            return relaunch_under_torchrun(argv, args.nproc_per_node)
+        launch = args.nproc_per_node if args.nproc_per_node and not distributed.under_torchrun() else None
+        world_size = launch or int(os.environ.get("WORLD_SIZE", "1"))
+        runtimes = None
+        if launch or args.dry_run:  # the session checks a real run itself; a dry run checks the same
+            runtimes = check_runtime(cfg, distributed.DistInfo(world_size=world_size),
+                                     processes=f"--nproc-per-node {launch}" if launch else None)
+        if launch and not args.dry_run:
+            return relaunch_under_torchrun(argv, launch)
+        if args.dry_run:
+            _check_tracking_server()
         context_length = max(arm.model.context_length for arm in cfg.arms)
         if args.dry_run and cfg.data.hf is not None and not _hf_prepared(cfg.data):
-            dry_run(cfg, None)  # a dry run does not stream and tokenize a dataset (hours for FineWeb)
+            dry_run(cfg, None, runtimes, world_size)  # a dry run does not stream and tokenize a dataset (hours)
             return 0
         splits = load_splits(cfg.data, cfg.tokenizer, context_length)
         if args.dry_run:
-            dry_run(cfg, splits)
+            dry_run(cfg, splits, runtimes, world_size)
             return 0
         device_type = "cuda" if any(
             a.train.device == "cuda" or (a.train.device == "auto" and _cuda()) for a in cfg.arms) else "cpu"
@@ -187,6 +233,19 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, TokenizerError, UsageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+def _check_tracking_server() -> None:
+    """A dry run checks that an MLflow tracking server answers, as a run does before training (a local
+    store is not opened: that would create it)."""
+    from training.session import UsageError
+    from training.tracking import Tracker, TrackingError, tracking_uri
+
+    if tracking_uri().startswith(("http://", "https://")):
+        try:
+            Tracker().check()
+        except TrackingError as err:
+            raise UsageError(str(err)) from None
 
 
 def _hf_prepared(data) -> bool:

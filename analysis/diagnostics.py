@@ -37,10 +37,10 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter, NullFormatter
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from analysis.errors import AnalysisWarning
-from analysis.figures import ArmStyle, NotApplicable, arm_styles, save_figure, style_context
+from analysis.figures import ArmStyle, NotApplicable, arm_styles, caption, save_figure, style_context
 
 __all__ = [
     "diagnostics_figures",
@@ -118,13 +118,39 @@ def _plain(value: float, _pos: Any = None) -> str:
     return f"{value:g}"
 
 
+def log_ticks(lo: float, hi: float, min_ticks: int = 3) -> list[float]:
+    """Tick values for a log axis spanning [lo, hi], at least `min_ticks` of them: over a factor 10 or more,
+    decades (1, 10, 100) if there are enough, else 1-3-10, else 1-2-5; on a narrower range (where a log
+    axis looks almost linear) or when those are too few, 3 to 6 evenly spaced round values."""
+    if not (np.isfinite(lo) and np.isfinite(hi)) or lo <= 0 or hi <= lo:
+        return []
+    if hi / lo >= 10:
+        for subs in ((1.0,), (1.0, 3.0), (1.0, 2.0, 5.0)):
+            ticks = [float(t) for t in LogLocator(base=10, subs=subs, numticks=50).tick_values(lo, hi)
+                     if lo <= t <= hi]
+            if len(ticks) >= min_ticks:
+                return ticks
+    for nbins in (4, 6, 9):
+        ticks = [float(t) for t in MaxNLocator(nbins=nbins, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi)
+                 if lo <= t <= hi and t > 0]
+        if len(ticks) >= min_ticks:
+            break
+    return [float(f"{t:.12g}") for t in ticks]  # 5.000000000000001 -> 5.0
+
+
 def _log_y(ax: Any) -> None:
-    """Log y with plain tick labels ("300", "2.5"); minor ticks labelled only on a narrow range."""
+    """Log y with several labelled ticks in plain numbers ("300", "2.5") whatever the range (matplotlib's
+    default log locator labels only decades: one label, or none, on the narrow ranges seen here);
+    unlabelled minor ticks at the integer multiples of each decade."""
     ax.set_yscale("log")
     lo, hi = ax.get_ylim()
+    ticks = log_ticks(lo, hi)
+    if ticks:
+        ax.yaxis.set_major_locator(FixedLocator(ticks))
     ax.yaxis.set_major_formatter(FuncFormatter(_plain))
-    narrow = lo > 0 and hi / lo < 3
-    ax.yaxis.set_minor_formatter(FuncFormatter(_plain) if narrow else NullFormatter())
+    ax.yaxis.set_minor_locator(LogLocator(base=10, subs=tuple(float(k) for k in range(1, 10)), numticks=50))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_ylim(lo, hi)
 
 
 def _log_if_spread(ax: Any, values: list[np.ndarray]) -> None:
@@ -135,12 +161,16 @@ def _log_if_spread(ax: Any, values: list[np.ndarray]) -> None:
         _log_y(ax)
 
 
-def _legend(fig: Figure, arms: list[str], styles: dict[str, ArmStyle], top: float = 0.99) -> None:
+def _legend(fig: Figure, arms: list[str], styles: dict[str, ArmStyle], top: float = 0.99,
+            band: str | None = None) -> None:
+    """One entry per arm, and with `band` one grey patch saying what the shaded bands are."""
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], label=a, **styles[a].line_kwargs()) for a in arms]
+    if band:
+        handles.append(Patch(facecolor="0.5", alpha=0.3, linewidth=0, label=f"band: {band}"))
     fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, top),
-               ncol=min(len(arms), 6), handletextpad=0.4, columnspacing=1.2)
+               ncol=min(len(handles), 6), handletextpad=0.4, columnspacing=1.2)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -206,6 +236,9 @@ def fig_ngpt_scalars(dists_by_arm: Mapping[str, Mapping[str, Any]],
                      label=a) for k, a in enumerate(arms)]
     fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.93),
                ncol=min(len(arms), 6), handletextpad=0.4, columnspacing=1.2)
+    caption(fig, "One box per layer over the vector's entries: box = quartiles, line = median, whiskers = "
+                 "5th to 95th percentile (no outliers drawn).\n"
+                 r"$s_z$: histogram over the vocabulary rows. Values as used in the forward pass.")
     return fig
 
 
@@ -254,7 +287,14 @@ def fig_condition_numbers(dists_by_arm: Mapping[str, Mapping[str, Any]],
     for ax in axes[len(names):]:
         ax.set_visible(False)
     fig.subplots_adjust(wspace=0.5, hspace=0.6)
-    _legend(fig, arms, styles)
+    if per_head:
+        _legend(fig, arms, styles, band="min..max over heads")
+        caption(fig, r"Condition number $\sigma_{max}/\sigma_{min}$ of each head's block of the matrix (log "
+                     "scale): line = median over the heads of the layer, band = min..max over them.")
+    else:
+        _legend(fig, arms, styles)
+        caption(fig, r"Condition number $\sigma_{max}/\sigma_{min}$ of each matrix, per layer (log scale); "
+                     "one value per layer and arm (no band).")
     return fig
 
 
@@ -312,6 +352,9 @@ def fig_norms(dists_by_arm: Mapping[str, Mapping[str, Any]], baseline_arm: str |
         ax.set_ylabel(ylabel)
     fig.subplots_adjust(wspace=0.4)
     _legend(fig, arms, styles, top=0.97)
+    caption(fig, "Left: mean over the validation tokens, band = \u00b11 s.d. over the tokens. Right: mean over "
+                 "the layer's matrices, band = min..max over them;\n'emb' = the input embedding. "
+                 "One run per arm, its final model.")
     return fig
 
 

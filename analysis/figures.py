@@ -17,6 +17,10 @@ Figures (``<sfx>`` is ``_ctx<L>`` when the experiment spans several context leng
 * ``speedup_vs_context_length``: only when several context lengths were run;
 * ``train_loss_lr_vs_tokens<sfx>``: training loss (moving average when dense) and learning rate.
 
+Each figure says on itself what its bands and bars are (a legend entry or a caption-like note under
+it, :func:`caption`); a one-seed arm is labelled "n = 1" and gets no error bar. Targets are a
+categorical axis (one slot per target, labelled by its value).
+
 Figures that do not apply are skipped, with the reason, in :attr:`FigureOutput.skipped`.
 """
 
@@ -33,6 +37,7 @@ from typing import Any
 import matplotlib
 import numpy as np
 import pandas as pd
+from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
 from matplotlib.ticker import (
     FuncFormatter,
@@ -177,6 +182,17 @@ def _markevery(i: int) -> tuple[float, float]:
     return (0.02 * (i % 5), 0.1)
 
 
+def caption(fig: Figure, text: str) -> None:
+    """A caption-like note under everything drawn so far (call it last), saying what the figure's bands,
+    bars and marks are; `savefig.bbox` is tight, so it is kept in the saved file."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    bottom = fig.get_tightbbox(canvas.get_renderer()).y0 / fig.get_figheight()  # inches -> figure fraction
+    fig.text(0.5, bottom - 0.08 / fig.get_figheight(), text, ha="center", va="top", fontsize=7,
+             color="0.25", linespacing=1.3)
+
+
 def target_lines(ax: Any, targets: Sequence[float], where: str = "left") -> None:
     """Dotted horizontal line per target, labelled at the left (curves fall from the upper left)."""
     for t in targets:
@@ -241,8 +257,10 @@ def fig_val_loss(frame: pd.DataFrame, targets: Sequence[float], styles: dict[str
         from matplotlib.patches import Patch
 
         handles.append(Patch(facecolor="0.5", alpha=0.3, linewidth=0))
-        labels.append("range over seeds")
+        labels.append("band: min..max over seeds")
     ax.legend(handles, labels, loc="upper right")
+    if not any_band:
+        caption(fig, "One seed per arm (n = 1): no band.")
     return fig
 
 
@@ -264,27 +282,32 @@ def fig_tokens_to_target(summary: pd.DataFrame, styles: dict[str, ArmStyle],
     width = 0.6
 
     ax = axes[0]
+    n_by_arm = {arm: _summary_seeds(summary, arm) for arm in arms}
     for i, arm in enumerate(arms):
         off = (i - (len(arms) - 1) / 2) * width / max(len(arms), 1)
         rows = summary[summary["arm"] == arm].set_index("target").reindex(targets)
         y = rows["tokens_to_target"].to_numpy(float)
         err = np.nan_to_num(rows["tokens_to_target_std"].to_numpy(float), nan=0.0)
         st = styles[arm]
-        ax.errorbar(xpos + off, y, yerr=err, fmt=st.marker, color=st.color, label=arm,
-                    linestyle="none", markersize=5)
+        n = n_by_arm[arm]
+        label = f"{arm} (n = {n} seed{'s' if n != 1 else ''})"
+        if n > 1:
+            ax.errorbar(xpos + off, y, yerr=err, fmt=st.marker, color=st.color, label=label,
+                        linestyle="none", markersize=5)
+        else:  # one seed: a plain marker, so the legend does not show an error bar that is not there
+            ax.plot(xpos + off, y, st.marker, color=st.color, label=label, linestyle="none", markersize=5)
         for xp, yy in zip(xpos + off, y):
             if not np.isfinite(yy):
                 ax.annotate("n.r.", xy=(xp, 0.02), xycoords=("data", "axes fraction"),
                             ha="center", va="bottom", fontsize=7, color=st.color, rotation=90)
-    ax.set_xticks(xpos, [format_target(t) for t in targets])
-    ax.set_xlim(-0.6, len(targets) - 0.4)
-    ax.set_xlabel("target " + LOSS_LABEL)
+    _categorical_targets(ax, targets)
     ax.set_ylabel("tokens to target")
     tokens_axis(ax.yaxis)
     ax.set_ylim(bottom=0)
 
     if has_speedup:
         ax = axes[1]
+        tops = [1.0]
         for j, arm in enumerate(others):
             off = (j - (len(others) - 1) / 2) * width / max(len(arms), 1)
             rows = summary[summary["arm"] == arm].set_index("target").reindex(targets)
@@ -294,24 +317,63 @@ def fig_tokens_to_target(summary: pd.DataFrame, styles: dict[str, ArmStyle],
             yerr = np.vstack([np.nan_to_num(sp - lo, nan=0.0), np.nan_to_num(hi - sp, nan=0.0)])
             yerr = np.clip(yerr, 0, None)
             st = styles[arm]
-            ax.errorbar(xpos + off, sp, yerr=yerr, fmt=st.marker, color=st.color, label=arm,
-                        linestyle="none", markersize=5)
+            tops += [v for v in np.r_[sp, hi] if np.isfinite(v)]
+            if np.any(np.isfinite(lo) & np.isfinite(hi)):
+                ax.errorbar(xpos + off, sp, yerr=yerr, fmt=st.marker, color=st.color, label=arm,
+                            linestyle="none", markersize=5)
+            else:  # no interval (fewer than 2 paired seeds): no bar in the plot nor in the legend
+                ax.plot(xpos + off, sp, st.marker, color=st.color, label=arm, linestyle="none",
+                        markersize=5)
             for xp, yy in zip(xpos + off, sp):
                 if not np.isfinite(yy):
                     ax.annotate("n.r.", xy=(xp, 0.02), xycoords=("data", "axes fraction"),
                                 ha="center", va="bottom", fontsize=7, color=st.color,
                                 rotation=90)
         ax.axhline(1.0, color="0.3", linewidth=0.8, linestyle="--", zorder=1)
-        ax.set_xticks(xpos, [format_target(t) for t in targets])
-        ax.set_xlim(-0.6, len(targets) - 0.4)
-        ax.set_xlabel("target " + LOSS_LABEL)
+        _categorical_targets(ax, targets)
         ax.set_ylabel(f"speedup in tokens vs {baseline_arm} (\u00d7)")
-        ax.set_ylim(bottom=0)
+        ax.set_ylim(0, 1.1 * max(tops))  # room above the highest marker or bar
     fig.subplots_adjust(wspace=0.35)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 0.89),
                ncol=min(len(arms), 6), handletextpad=0.3, columnspacing=1.2)
+    notes = []
+    if any(n > 1 for n in n_by_arm.values()):
+        notes.append("tokens: mean over the seeds that reached the target, bars = \u00b11 s.d. over them")
+    else:
+        notes.append("tokens: one seed per arm (n = 1), so no error bars")
+    if has_speedup:
+        level = float(summary.attrs.get("ci_level", 0.95))
+        bars = any(isinstance(c, ErrorbarContainer) for c in axes[1].containers)
+        notes.append(f"speedup: ratio of the mean tokens, dashed line = no speedup;\n"
+                     f"bars = {level:.0%} paired bootstrap CI over seeds (none with fewer than 2 seeds)" if bars
+                     else "speedup: ratio of the tokens, no interval with one seed; dashed line = no speedup")
+    if any(t.get_text() == "n.r." for ax in axes for t in ax.texts):
+        notes.append("n.r. = not reached within the run")
+    caption(fig, ";\n".join(notes) + ".")
     return fig
+
+
+def _summary_seeds(summary: pd.DataFrame, arm: str) -> int:
+    """The number of seeds behind an arm's rows of the summary (its largest `n_seeds`; 1 if unknown)."""
+    if "n_seeds" not in summary:
+        return 1
+    n = pd.to_numeric(summary.loc[summary["arm"] == arm, "n_seeds"], errors="coerce").max()
+    return int(n) if np.isfinite(n) else 1
+
+
+def _categorical_targets(ax: Any, targets: Sequence[float]) -> None:
+    """The targets as a categorical x axis: one slot per target, labelled by its value, separated by
+    thin lines; no numeric grid (the slots are evenly spaced whatever the values)."""
+    xpos = np.arange(len(targets), dtype=float)
+    ax.set_xticks(xpos, [format_target(t) for t in targets])
+    ax.tick_params(axis="x", length=0)
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.grid(False, axis="x")
+    for k in range(1, len(targets)):
+        ax.axvline(k - 0.5, color="0.85", linewidth=0.6, zorder=0)
+    ax.set_xlim(-0.5, len(targets) - 0.5)
+    ax.set_xlabel("target val. loss (nats/token)")
 
 
 def fig_final_loss_vs_budget(frame: pd.DataFrame, summary: pd.DataFrame,
@@ -325,13 +387,20 @@ def fig_final_loss_vs_budget(frame: pd.DataFrame, summary: pd.DataFrame,
         raise NotApplicable("every arm was trained at a single token budget (curve mode)")
     fig = Figure(figsize=(5.0, 3.3))
     ax = fig.subplots()
+    most_seeds = 1
     for arm in ordered_arms(multi.index.tolist(), styles):
-        g = fl[fl["arm"] == arm].groupby("budget")["value"].agg(["mean", "min", "max"])
+        g = fl[fl["arm"] == arm].groupby("budget")["value"].agg(["mean", "min", "max", "count"])
         g = g.sort_index()
         b = g.index.to_numpy(dtype=float)
         yerr = np.vstack([g["mean"] - g["min"], g["max"] - g["mean"]])
         st = styles[arm]
-        ax.errorbar(b, g["mean"], yerr=yerr, label=arm, **st.line_kwargs())
+        n = int(g["count"].max())
+        most_seeds = max(most_seeds, n)
+        label = f"{arm} (n = {n} seed{'s' if n != 1 else ''})"
+        if n > 1:
+            ax.errorbar(b, g["mean"], yerr=yerr, label=label, **st.line_kwargs())
+        else:  # one seed per budget: no bar, in the plot or the legend
+            ax.plot(b, g["mean"], label=label, **st.line_kwargs())
         if not summary.empty:
             s = summary[(summary["arm"] == arm) & (summary["mode"] == "budget")]
             s = s[np.isfinite(s["tokens_to_target"].to_numpy(float))]
@@ -348,6 +417,9 @@ def fig_final_loss_vs_budget(frame: pd.DataFrame, summary: pd.DataFrame,
     ax.set_xlabel("token budget (tokens, log scale)")
     ax.set_ylabel("final " + LOSS_LABEL)
     ax.legend(loc="best")
+    caption(fig, ("Mean over seeds at each budget, bars = min..max over seeds" if most_seeds > 1 else
+                  "One seed per budget (n = 1), so no bars") +
+            ";\n| = tokens to the target, interpolated in log-tokens.")
     return fig
 
 
@@ -394,6 +466,9 @@ def fig_speedup_vs_context(summary: pd.DataFrame, styles: dict[str, ArmStyle],
     for ax in axes[len(targets):]:
         ax.set_visible(False)
     axes[0].legend(loc="best")
+    level = float(summary.attrs.get("ci_level", 0.95))
+    caption(fig, f"Speedup = ratio of the mean tokens to the target; dashed line = no speedup;\n"
+                 f"bars = {level:.0%} paired bootstrap CI over seeds (none with fewer than 2 seeds).")
     return fig
 
 

@@ -214,12 +214,38 @@ def run_cli(args, cwd, **env):
 
 
 def test_dry_run_trains_nothing(tmp_path, data_dir):
-    result = run_cli([str(write_yaml(tmp_path)), "--dry-run"], tmp_path,
-                     MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = run_cli([str(write_yaml(tmp_path)), "--dry-run"], tmp_path, MLFLOW_TRACKING_URI=uri)
     assert result.returncode == 0, result.stderr
-    assert "== arm gpt ==" in result.stdout and "== arm ngpt ==" in result.stdout
-    assert "tokens per step: 256; steps: 16" in result.stdout and "parameters:" in result.stdout
+    out = result.stdout
+    assert "== arm gpt ==" in out and "== arm ngpt ==" in out
+    assert "tokens per step: 256; steps: 16" in out and "parameters:" in out and "FLOPs/token" in out
+    assert f"MLflow: tracking URI {uri} (from MLFLOW_TRACKING_URI), experiment 'tiny_e2e'" in out
+    assert out.count("runtime: cpu, fp32, compile off; 2 micro-batches of 4 per process and step") == 2
+    # only the keys whose values differ, one column per arm; not each arm's whole config
+    lines = out.splitlines()
+    table = lines[lines.index("what differs between the arms (4 keys; the rest is the same):") + 1:][:5]
+    assert [line.split() for line in table] == [
+        ["key", "gpt", "ngpt"], ["model.kind", "gpt", "ngpt"], ["optim.lr", "0.003", "0.01"],
+        ["optim.weight_decay", "0.1", "0.0"], ["optim.warmup_tokens", "256", "0"]]
+    assert "n_layers" not in out and "eval_tokens" not in out and len(lines) < 30
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_dry_run_checks_what_the_run_checks(tmp_path, data_dir):
+    """grad_accum_steps 2 over 4 processes: the dry run exits 2 with the real run's one line."""
+    for extra in ([], ["--dry-run"]):
+        result = run_cli([str(write_yaml(tmp_path)), "--nproc-per-node", "4", *extra], tmp_path,
+                         MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db")
+        assert result.returncode == 2, (extra, result.stdout, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(
+            "error: train.grad_accum_steps: 2 (arm gpt) is not divisible by --nproc-per-node 4"), result.stderr
+        assert result.stdout == "" and not (tmp_path / "mlflow.db").exists()
+    ok = run_cli([str(write_yaml(tmp_path)), "--nproc-per-node", "2", "--dry-run"], tmp_path,
+                 MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db")
+    assert ok.returncode == 0, ok.stderr
+    assert "processes: 2" in ok.stdout and "1 micro-batch of 4 per process and step" in ok.stdout
 
 
 def test_dry_run_of_a_sweep_on_an_unprepared_hf_dataset(tmp_path, monkeypatch, capsys):
@@ -253,7 +279,10 @@ def test_bad_input_exits_2_with_one_line(tmp_path, args, message, data_dir):
 
 
 def test_unreachable_server_is_reported_before_training(tmp_path, data_dir):
-    result = run_cli([str(write_yaml(tmp_path))], tmp_path, MLFLOW_TRACKING_URI=f"http://127.0.0.1:{_free_port()}")
+    uri = f"http://127.0.0.1:{_free_port()}"
+    result = run_cli([str(write_yaml(tmp_path))], tmp_path, MLFLOW_TRACKING_URI=uri)
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: MLflow tracking server http://127.0.0.1:")
     assert "gpt seed 0" not in result.stderr
+    dry = run_cli([str(write_yaml(tmp_path)), "--dry-run"], tmp_path, MLFLOW_TRACKING_URI=uri)  # checked alike
+    assert dry.returncode == 2 and dry.stderr == result.stderr and dry.stdout == ""

@@ -23,10 +23,10 @@ from training.tokenizer import EOT_TOKEN, get_encoding
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def parquet_files(data_dir: Path, n: int) -> list[Path]:
-    files = sorted((data_dir / "fineweb" / "fineweb_legal_batches").glob("batch_0000*.parquet"))
-    assert len(files) == 28
-    return files[:n]
+# The corpora are the test fixtures as FineWeb-style files (conftest.py: `fineweb_parquet`, `fineweb_json`):
+# 83 + 193 documents, 5,064 + 7,750 GPT-2 tokens with one end-of-text per document. Settings are scaled to them.
+VAL_TOKENS = 2_000
+SHARD_TOKENS = 2_000
 
 
 def expected_stream(texts: list[str]) -> np.ndarray:
@@ -41,7 +41,8 @@ def expected_stream(texts: list[str]) -> np.ndarray:
 
 def run_prepare(paths, out: Path, **kw) -> dict:
     settings = PrepareSettings(text_field=kw.pop("text_field", "text"), max_tokens=kw.pop("max_tokens", None),
-                               val_tokens=kw.pop("val_tokens", 20_000), shard_tokens=kw.pop("shard_tokens", 50_000))
+                               val_tokens=kw.pop("val_tokens", VAL_TOKENS),
+                               shard_tokens=kw.pop("shard_tokens", SHARD_TOKENS))
     return prepare(FileSource(tuple(str(p) for p in paths)), out, settings, progress=False,
                    log=lambda msg: None, **kw)
 
@@ -58,11 +59,10 @@ def stream_of(folder: Path, split: str) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def two_files_prepared(tmp_path_factory):
-    """Two FineWeb parquet files prepared once (1 worker), shared by several tests."""
-    data_dir = Path(os.environ["DATGPT_DATA_DIR"])
+def two_files_prepared(tmp_path_factory, fineweb_parquet):
+    """The two FineWeb-style parquet files prepared once (1 worker), shared by several tests."""
     out = tmp_path_factory.mktemp("prepared") / "shards"
-    run_prepare(parquet_files(data_dir, 2), out, workers=1, chunk_docs=16)
+    run_prepare(fineweb_parquet, out, workers=1, chunk_docs=16)
     return out
 
 
@@ -101,78 +101,75 @@ def test_sharded_tokens_cross_shard_boundaries(tmp_path):
 
 # ----------------------------------------------------------------------------- prepare: counts
 
-def test_parquet_counts_equal_tiktoken(two_files_prepared, data_dir):
+def test_parquet_counts_equal_tiktoken(two_files_prepared, fineweb_parquet):
     folder = two_files_prepared
-    texts = [t for f in parquet_files(data_dir, 2) for t in pq.read_table(f, columns=["text"]).column(0).to_pylist()]
-    assert len(texts) == 200
+    texts = [t for f in fineweb_parquet for t in pq.read_table(f, columns=["text"]).column(0).to_pylist()]
+    assert len(texts) == 276
     expected = expected_stream(texts)
     val, train = stream_of(folder, "val"), stream_of(folder, "train")
     assert np.array_equal(np.concatenate([val, train]), expected)
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["complete"] and manifest["totals"]["tokens"] == {"val": val.size, "train": train.size}
-    assert sum(manifest["totals"]["documents"].values()) == 200
+    assert sum(manifest["totals"]["documents"].values()) == 276
+    assert val.size + train.size == 5_064 + 7_750
     assert (val == EOT_TOKEN).sum() == manifest["totals"]["documents"]["val"]
-    # document-level split: whole documents, the last one crossing 20,000 tokens
-    assert val[0] == EOT_TOKEN and train[0] == EOT_TOKEN and val.size >= 20_000
+    # document-level split: whole documents, the last one crossing 2,000 tokens
+    assert val[0] == EOT_TOKEN and train[0] == EOT_TOKEN and val.size >= VAL_TOKENS
     last_doc = val.size - np.flatnonzero(val == EOT_TOKEN)[-1]
-    assert val.size - last_doc < 20_000
+    assert val.size - last_doc < VAL_TOKENS
     # every shard full except the last of each split; header counts equal the manifest's
     for entry in manifest["shards"]:
         assert read_header(folder / entry["file"]) == entry["tokens"]
     train_sizes = [s["tokens"] for s in manifest["shards"] if s["split"] == "train"]
-    assert all(n == 50_000 for n in train_sizes[:-1]) and 0 < train_sizes[-1] <= 50_000
+    assert len(train_sizes) >= 5  # enough shards for the resume tests below
+    assert all(n == SHARD_TOKENS for n in train_sizes[:-1]) and 0 < train_sizes[-1] <= SHARD_TOKENS
 
 
-def test_fineweb_json_array_and_its_token_count_field(tmp_path, data_dir):
-    path = data_dir / "fineweb" / "textfixer" / "fineweb_subset.json"
-    docs = json.loads(path.read_text(encoding="utf-8"))
-    assert len(docs) == 300
-    manifest = run_prepare([path], tmp_path / "out", workers=1, val_tokens=10_000)
-    enc = get_encoding("gpt2")
-    ours = [len(enc.encode_ordinary(d["text"])) for d in docs]
+def test_fineweb_json_array_and_its_token_count_field(tmp_path, fineweb_json):
+    docs = json.loads(fineweb_json.read_text(encoding="utf-8"))
+    assert len(docs) == 276 and docs[0]["text"].startswith("I HAD always thought")
+    manifest = run_prepare([fineweb_json], tmp_path / "out", workers=1, val_tokens=1_000)
+    folder = tmp_path / "out"
+    # the array's documents in order, `text` only, each after one end-of-text; the other fields are ignored
+    stream = np.concatenate([stream_of(folder, "val"), stream_of(folder, "train")])
+    assert np.array_equal(stream, expected_stream([d["text"] for d in docs]))
+    # FineWeb's `token_count` field (GPT-2, as here) adds up to the tokens prepared, less the end-of-texts
     total = sum(manifest["totals"]["tokens"].values())
-    assert total == sum(ours) + 300 == 215_790 + 300  # encode_ordinary + one end-of-text per document
-    # FineWeb's own `token_count` agrees document by document, except for the 9 documents holding the
-    # anonymised e-mail placeholders (email@example.com, firstname.lastname@example.org): FineWeb counted
-    # those before replacing the addresses. In all: 215,818 vs our 215,790.
-    differ = [d for d, n in zip(docs, ours) if n != d["token_count"]]
-    assert sum(d["token_count"] for d in docs) == 215_818
-    assert len(differ) == 9 and all("@example." in d["text"] for d in differ)
-    assert all(n == d["token_count"] for d, n in zip(docs, ours) if "@example." not in d["text"])
+    assert total == sum(d["token_count"] for d in docs) + 276 == 12_814
+    assert sum(manifest["totals"]["documents"].values()) == 276
 
 
-def test_max_tokens_truncates_exactly(tmp_path, data_dir):
-    manifest = run_prepare(parquet_files(data_dir, 1), tmp_path / "out", workers=1, max_tokens=70_001,
-                           shard_tokens=30_000)
+def test_max_tokens_truncates_exactly(tmp_path, fineweb_parquet):
+    manifest = run_prepare(fineweb_parquet[:1], tmp_path / "out", workers=1, max_tokens=4_001, shard_tokens=1_500)
     folder = tmp_path / "out"
     stream = np.concatenate([stream_of(folder, "val"), stream_of(folder, "train")])
-    assert stream.size == 70_001 == sum(manifest["totals"]["tokens"].values())
-    full = expected_stream(pq.read_table(parquet_files(data_dir, 1)[0], columns=["text"]).column(0).to_pylist())
-    assert np.array_equal(stream, full[:70_001])
+    assert stream.size == 4_001 == sum(manifest["totals"]["tokens"].values())
+    full = expected_stream(pq.read_table(fineweb_parquet[0], columns=["text"]).column(0).to_pylist())
+    assert full.size == 5_064 and np.array_equal(stream, full[:4_001])
 
 
 # ----------------------------------------------------------------------------- determinism and resume
 
-def test_deterministic_and_independent_of_workers(tmp_path, data_dir, two_files_prepared):
+def test_deterministic_and_independent_of_workers(tmp_path, fineweb_parquet, two_files_prepared):
     out = tmp_path / "two_workers"
-    run_prepare(parquet_files(data_dir, 2), out, workers=2, chunk_docs=7)
+    run_prepare(fineweb_parquet, out, workers=2, chunk_docs=7)
     assert folder_bytes(out) == folder_bytes(two_files_prepared)  # 1 worker, chunks of 16, other folder
 
 
-def test_resume_after_max_shards_is_byte_identical(tmp_path, data_dir, two_files_prepared):
+def test_resume_after_max_shards_is_byte_identical(tmp_path, fineweb_parquet, two_files_prepared):
     out = tmp_path / "resumed"
-    partial = run_prepare(parquet_files(data_dir, 2), out, workers=1, max_shards=2)
-    assert not partial["complete"] and len(partial["shards"]) == 2
+    partial = run_prepare(fineweb_parquet, out, workers=1, max_shards=3)  # 2 validation shards, 1 training
+    assert not partial["complete"] and len(partial["shards"]) == 3
     assert partial["position"]["carry"] > 0  # stopped inside a document: it continues in the next shard
     with pytest.raises(DataError, match="unfinished prepare"):
         open_folder(out)
-    run_prepare(parquet_files(data_dir, 2), out, workers=1, max_shards=3)
-    final = run_prepare(parquet_files(data_dir, 2), out, workers=2)
+    run_prepare(fineweb_parquet, out, workers=1, max_shards=4)
+    final = run_prepare(fineweb_parquet, out, workers=2)
     assert final["complete"]
     assert folder_bytes(out) == folder_bytes(two_files_prepared)
 
 
-def test_resume_after_a_crash_mid_prepare(tmp_path, data_dir, two_files_prepared, monkeypatch):
+def test_resume_after_a_crash_mid_prepare(tmp_path, fineweb_parquet, two_files_prepared, monkeypatch):
     out = tmp_path / "crashed"
     real_write = shards.write_shard
     calls = []
@@ -186,24 +183,24 @@ def test_resume_after_a_crash_mid_prepare(tmp_path, data_dir, two_files_prepared
 
     monkeypatch.setattr(shards, "write_shard", crash_on_fifth)
     with pytest.raises(KeyboardInterrupt):
-        run_prepare(parquet_files(data_dir, 2), out, workers=1)
+        run_prepare(fineweb_parquet, out, workers=1)
     monkeypatch.setattr(shards, "write_shard", real_write)
     assert len(json.loads((out / "manifest.json").read_text())["shards"]) == 4
-    run_prepare(parquet_files(data_dir, 2), out, workers=1)
+    run_prepare(fineweb_parquet, out, workers=1)
     assert folder_bytes(out) == folder_bytes(two_files_prepared)
     assert not list(out.glob(".*.tmp-*"))
 
 
-def test_cli_resumes_and_refuses_other_settings(tmp_path, data_dir, two_files_prepared, capsys):
-    files = [str(f) for f in parquet_files(data_dir, 2)]
+def test_cli_resumes_and_refuses_other_settings(tmp_path, fineweb_parquet, two_files_prepared, capsys):
+    files = [str(f) for f in fineweb_parquet]
     out = tmp_path / "cli"
-    args = ["prepare", *files, "--out", str(out), "--val-tokens", "2e4", "--shard-tokens", "50_000",
+    args = ["prepare", *files, "--out", str(out), "--val-tokens", "2e3", "--shard-tokens", "2_000",
             "--workers", "1", "--no-progress"]
     assert shards.main(args + ["--max-shards", "1"]) == 0
     assert shards.main(args) == 0
     assert folder_bytes(out) == folder_bytes(two_files_prepared)
     assert shards.main(args) == 0 and "already prepared" in capsys.readouterr().err
-    assert shards.main(args[:-5] + ["--shard-tokens", "60000", "--workers", "1", "--no-progress"]) == 2
+    assert shards.main(args[:-5] + ["--shard-tokens", "3000", "--workers", "1", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "holds a prepare with other settings" in err
 
@@ -244,15 +241,16 @@ def test_end_to_end_load_splits_on_prepared_shards(two_files_prepared):
     assert torch.equal(vx[:, 1:], vy[:, :-1])
 
 
-def test_yaml_hf_kind_prepares_into_the_cache_once(tmp_path, data_dir, monkeypatch, two_files_prepared):
+def test_yaml_hf_kind_prepares_into_the_cache_once(tmp_path, fineweb_parquet, monkeypatch, two_files_prepared):
     monkeypatch.setenv("DATGPT_DATA_DIR", str(tmp_path / "cache"))
-    files = [str(f) for f in parquet_files(data_dir, 2)]
-    raw = {"name": "x", "data": {"hf": {"name": "parquet", "data_files": files, "val_tokens": 20_000,
-                                        "shard_tokens": 50_000}},
+    files = [str(f) for f in fineweb_parquet]
+    raw = {"name": "x", "data": {"hf": {"name": "parquet", "data_files": files, "val_tokens": VAL_TOKENS,
+                                        "shard_tokens": SHARD_TOKENS}},
            "model": {"n_layers": 1, "n_heads": 1, "n_embd": 8, "context_length": 16},
            "train": {"tokens": 1024}, "arms": {"gpt": {"model": {"kind": "gpt"}}}}
     cfg = build_experiment(raw)
-    assert cfg.data.hf == HFDataConfig(name="parquet", data_files=files, val_tokens=20_000, shard_tokens=50_000)
+    assert cfg.data.hf == HFDataConfig(name="parquet", data_files=files, val_tokens=VAL_TOKENS,
+                                       shard_tokens=SHARD_TOKENS)
     assert cfg.to_dict()["data"]["hf"]["data_files"] == files
     splits = load_splits(cfg.data, "gpt2", 16)
     folder = splits.source
@@ -263,7 +261,7 @@ def test_yaml_hf_kind_prepares_into_the_cache_once(tmp_path, data_dir, monkeypat
             assert blob == (two_files_prepared / name).read_bytes(), name
     monkeypatch.setattr(shards, "prepare", lambda *a, **k: pytest.fail("prepared twice"))
     assert load_splits(cfg.data, "gpt2", 16).source == folder  # the second use reads the cache
-    other = build_experiment({**raw, "data": {"hf": {**raw["data"]["hf"], "val_tokens": 30_000}}})
+    other = build_experiment({**raw, "data": {"hf": {**raw["data"]["hf"], "val_tokens": 3_000}}})
     assert shards.cache_folder(*_hf(other)) != folder  # other settings, other cache folder
 
 
@@ -286,7 +284,7 @@ def test_corrupt_and_truncated_shards_are_named(tmp_path, two_files_prepared):
     with pytest.raises(DataError, match=r"train_000001.bin: not a token shard \(magic 12345"):
         load_splits(DataConfig(shards=str(folder)), "gpt2", 64)
     (folder / "train_000001.bin").write_bytes((two_files_prepared / "train_000001.bin").read_bytes()[:-10])
-    with pytest.raises(DataError, match=r"train_000001.bin: truncated or corrupt shard: the header says 50000"):
+    with pytest.raises(DataError, match=r"train_000001.bin: truncated or corrupt shard: the header says 2000"):
         load_splits(DataConfig(shards=str(folder)), "gpt2", 64)
     (folder / "val_000000.bin").write_bytes(b"\x00" * 100)
     with pytest.raises(DataError, match="val_000000.bin: truncated shard: 100 bytes"):
@@ -295,9 +293,9 @@ def test_corrupt_and_truncated_shards_are_named(tmp_path, two_files_prepared):
         load_splits(DataConfig(shards=str(tmp_path / "nowhere")), "gpt2", 64)
 
 
-def test_missing_text_field_is_named(tmp_path, data_dir):
-    parquet = parquet_files(data_dir, 1)[0]
-    with pytest.raises(DataError, match=r"batch_000001.parquet: no column 'body' \(columns: id, score"):
+def test_missing_text_field_is_named(tmp_path, fineweb_parquet):
+    parquet = fineweb_parquet[0]
+    with pytest.raises(DataError, match=r"batch_000001.parquet: no column 'body' \(columns: text, id, dump"):
         run_prepare([parquet], tmp_path / "a", workers=1, text_field="body")
     jsonl = tmp_path / "docs.jsonl"
     jsonl.write_text('{"text": "one document"}\n{"content": "no text here"}\n')

@@ -256,6 +256,21 @@ def arm_to_dict(arm: ArmConfig) -> dict[str, Any]:
     return out
 
 
+def local_accum_steps(grad_accum_steps: int, world_size: int, *, arm: str | None = None,
+                      processes: str | None = None) -> int:
+    """The micro-batches each of `world_size` processes runs per optimizer step.
+
+    Tokens per step are fixed by the YAML (micro_batch_size x grad_accum_steps x context_length), whatever
+    the number of processes, so `grad_accum_steps` must split evenly over them. The one check of this
+    (runner before a torchrun launch and in a dry run, session, trainer, data); `processes` names them in the
+    message (default "the N processes")."""
+    if grad_accum_steps % world_size:
+        raise ConfigError(f"train.grad_accum_steps: {grad_accum_steps}{f' (arm {arm})' if arm else ''} is not "
+                          f"divisible by {processes or f'the {world_size} processes'}; each process runs "
+                          f"grad_accum_steps / N micro-batches, so tokens per step stay the YAML's")
+    return grad_accum_steps // world_size
+
+
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """{"a": {"b": 1}} -> {"a.b": 1}: the form MLflow params take."""
     out: dict[str, Any] = {}

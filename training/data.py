@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from training.config import DataConfig
+from training.config import DataConfig, local_accum_steps
 from training.shards import DATA_DIR_ENV, DataError, ShardedTokens, data_dir  # noqa: F401 (re-exported)
 from training.tokenizer import encode
 
@@ -219,9 +219,7 @@ class TrainBatches:
 def rank_micro_batches(rank: int, world_size: int, grad_accum_steps: int) -> range:
     """The global micro-batch indices that process `rank` of `world_size` runs each step (as the trainer
     does): consecutive blocks of A/W, disjoint across ranks and covering 0..A-1."""
-    if grad_accum_steps % world_size:
-        raise ValueError(f"grad_accum_steps {grad_accum_steps} is not divisible by {world_size} processes")
-    local = grad_accum_steps // world_size
+    local = local_accum_steps(grad_accum_steps, world_size)  # a ConfigError (a ValueError) when uneven
     return range(rank * local, (rank + 1) * local)
 
 

@@ -35,7 +35,7 @@ from analysis import record
 from training.checkpoint import (CheckpointError, Invocation, check_writable, checkpoints_in, find_unfinished,
                                  branch_path, load_branch, load_latest)
 from training import sweep
-from training.config import ArmConfig, ExperimentConfig, arm_to_dict, flatten
+from training.config import ArmConfig, ExperimentConfig, arm_to_dict, flatten, local_accum_steps
 from training.data import Splits
 from training.distributed import DistInfo, barrier, broadcast_object
 from training.pretrained import Pretrained, PretrainedError, check_model, resolve
@@ -48,6 +48,19 @@ PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 class UsageError(Exception):
     """Bad input found before training (runtime, tracking, checkpoints); the runner exits 2."""
+
+
+def check_runtime(cfg: ExperimentConfig, dist: DistInfo, processes: str | None = None) -> dict:
+    """What is checked of the arms' runtime before anything is trained or logged, by a real run and by a dry
+    run alike: each arm's device and precision resolve (a `Runtime` per arm name), and its grad_accum_steps
+    splits evenly over the `dist.world_size` processes (named `processes` in the message)."""
+    try:
+        runtimes = {arm.name: resolve_runtime(arm, dist) for arm in cfg.arms}
+    except RuntimeError as err:
+        raise UsageError(str(err)) from None
+    for arm in cfg.arms:
+        local_accum_steps(arm.train.grad_accum_steps, dist.world_size, arm=arm.name, processes=processes)
+    return runtimes
 
 
 def _find_invocation(cfg: ExperimentConfig, resume: str) -> Invocation | None:
@@ -126,14 +139,7 @@ def _child_params(cfg: ExperimentConfig, arm: ArmConfig, seed: int, runtime, pea
 def run_experiment(cfg: ExperimentConfig, splits: Splits, dist: DistInfo, *, progress: bool = True,
                    resume: str = "auto", force: bool = False, stop: StopFlag | None = None) -> int:
     """Train every unit of the experiment (each (seed, arm), or the sweep's units); returns the exit code."""
-    try:
-        runtimes = {arm.name: resolve_runtime(arm, dist) for arm in cfg.arms}
-    except RuntimeError as err:
-        raise UsageError(str(err)) from None
-    for arm in cfg.arms:
-        if arm.train.grad_accum_steps % dist.world_size:
-            raise UsageError(f"train.grad_accum_steps: {arm.train.grad_accum_steps} (arm {arm.name}) is not "
-                             f"divisible by the {dist.world_size} processes")
+    runtimes = check_runtime(cfg, dist)
     parity, same_precision = _precision_parity(runtimes)
     if not same_precision and dist.is_main and len(cfg.arms) > 1:
         print(f"warning: the arms do not train alike ({parity}); set train.device/precision/compile in the "

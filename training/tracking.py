@@ -7,7 +7,9 @@ waits. The tracking URI is MLflow's: `MLFLOW_TRACKING_URI`, else its default (`s
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -42,6 +44,27 @@ def tracking_uri() -> str:
     import mlflow
 
     return mlflow.get_tracking_uri()
+
+
+STORE_LOCK_TIMEOUT_S = 300.0
+
+
+def store_lock(uri: str):
+    """A lock held while a local sqlite store is created, migrated or given a new experiment.
+
+    Two runners started at once on a new `mlflow.db` would otherwise both create and migrate it, and the
+    second dies in alembic. The lock is the file `<db>.lock` beside the database (any process on the
+    machine, or on a shared file system with working locks); other stores (a server) get no lock."""
+    if not uri.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    from urllib.parse import unquote
+
+    path = unquote(uri[len("sqlite:///"):]).split("?", 1)[0]
+    if not path or path == ":memory:" or not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        return contextlib.nullcontext()  # nothing to share (or MLflow reports the missing folder itself)
+    from filelock import FileLock
+
+    return FileLock(path + ".lock", timeout=STORE_LOCK_TIMEOUT_S)
 
 
 def git_commit(folder: Path) -> str:
@@ -211,7 +234,8 @@ class Tracker:
         from mlflow import MlflowClient
 
         self.uri = tracking_uri()
-        self.client = MlflowClient(self.uri)
+        with store_lock(self.uri):  # opening a sqlite store creates and migrates it when new
+            self.client = MlflowClient(self.uri)
 
     def check(self) -> None:
         """Fail early, before any training, when the tracking store cannot be used."""
@@ -225,17 +249,24 @@ class Tracker:
                                     f"({type(err).__name__}); start it or fix MLFLOW_TRACKING_URI") from None
             return
         try:
-            self.client.search_experiments(max_results=1)
+            with store_lock(self.uri):
+                self.client.search_experiments(max_results=1)
         except Exception as err:
             first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise TrackingError(f"MLflow tracking store {self.uri} cannot be used: {first_line}") from None
 
     def experiment_id(self, name: str) -> str:
         """The experiment's id, created if new; tagged as a training experiment so MLflow's UI opens on its runs."""
-        experiment = self.client.get_experiment_by_name(name)
-        if experiment is None:
-            return self.client.create_experiment(
-                name, tags={record.TAG_EXPERIMENT_KIND: record.EXPERIMENT_KIND_TRAINING})
+        with store_lock(self.uri):
+            experiment = self.client.get_experiment_by_name(name)
+            if experiment is None:
+                try:
+                    return self.client.create_experiment(
+                        name, tags={record.TAG_EXPERIMENT_KIND: record.EXPERIMENT_KIND_TRAINING})
+                except Exception:  # created meanwhile by another process (a server has no lock)
+                    experiment = self.client.get_experiment_by_name(name)
+                    if experiment is None:
+                        raise
         if experiment.lifecycle_stage == "deleted":
             raise TrackingError(f"tracking.experiment: MLflow experiment {name!r} is deleted; restore it "
                                 f"(`mlflow experiments restore --experiment-id {experiment.experiment_id}`) "

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from analysis import record
 from models import build_model
 from training.checkpoint import rng_state, save_branch, save_checkpoint, set_rng_state
-from training.config import ArmConfig
+from training.config import ArmConfig, local_accum_steps
 from training.data import Splits, TrainBatches, val_windows
 from training.distributed import DistInfo, all_reduce_sum
 from training.schedule import lr_at
@@ -205,10 +205,7 @@ def train_arm(arm: ArmConfig, seed: int, splits: Splits, dist: DistInfo, logger,
     wall_start = time.perf_counter()
     runtime = runtime or resolve_runtime(arm, dist)
     t, o = arm.train, arm.optim
-    if t.grad_accum_steps % dist.world_size:
-        raise ValueError(f"train.grad_accum_steps: {t.grad_accum_steps} is not divisible by the "
-                         f"{dist.world_size} processes; tokens per step are fixed by the YAML")
-    local_accum = t.grad_accum_steps // dist.world_size
+    local_accum = local_accum_steps(t.grad_accum_steps, dist.world_size, arm=arm.name)
     tokens_per_step = arm.tokens_per_step()
     steps = arm.steps()
 

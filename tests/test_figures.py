@@ -1,0 +1,156 @@
+"""What the figures say about themselves: labelled log ticks, bands and bars explained, n = 1 stated,
+targets as a categorical axis (analysis/figures.py, analysis/diagnostics.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.container import ErrorbarContainer
+
+from analysis.diagnostics import fig_condition_numbers, fig_norms, log_ticks
+from analysis.figures import arm_styles, fig_tokens_to_target, style_context
+from training.diagnostics import compute_diagnostics
+
+
+def drawn(fig):
+    """The figure drawn once, so tick labels hold their text."""
+    (fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)).draw()
+    return fig
+
+
+def labelled_ticks(ax) -> list[str]:
+    lo, hi = ax.get_ylim()
+    return [t.get_text() for t, v in zip(ax.get_yticklabels(), ax.get_yticks())
+            if t.get_text() and lo <= v <= hi]
+
+
+def notes(fig) -> str:
+    return " ".join(t.get_text() for t in fig.texts)
+
+
+@pytest.mark.parametrize("lo,hi,expected", [
+    (1, 1e5, [1, 10, 100, 1e3, 1e4, 1e5]),  # decades when there are enough
+    (3, 45, [3, 10, 30]),                    # else 1-3-10
+    (40, 700, [50, 100, 200, 500]),          # else 1-2-5
+    (45, 140, [50, 75, 100, 125]),           # under a factor 10: round, evenly spaced values
+    (67.5, 73.7, [68, 70, 72]),
+    (4.9, 5.4, [5.0, 5.2, 5.4]),
+])
+def test_log_ticks_give_several_labels_on_any_range(lo, hi, expected):
+    assert log_ticks(lo, hi) == pytest.approx(expected)
+
+
+@pytest.fixture(scope="module")
+def dists():
+    """Diagnostics of an untrained tiny GPT and nGPT: condition numbers within a factor 10 or so, where
+    matplotlib's own log locator labels one tick or none."""
+    from models import ModelConfig, build_model
+
+    idx = torch.randint(0, 48, (2, 16), generator=torch.Generator().manual_seed(1))
+    out = {}
+    for kind in ("gpt", "ngpt"):
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(kind=kind, vocab_size=48, n_layers=2, n_heads=2, n_embd=32,
+                                        context_length=16, mlp_hidden=64))
+        out[kind] = compute_diagnostics(model, idx).distributions
+    return out
+
+
+@pytest.mark.parametrize("per_head", [False, True])
+def test_condition_number_axes_have_several_labelled_ticks(dists, per_head):
+    with style_context():
+        fig = drawn(fig_condition_numbers(dists, per_head=per_head))
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(axes) == (4 if per_head else 7)
+    for ax in axes:
+        assert ax.get_yscale() == "log"
+        assert len(labelled_ticks(ax)) >= 3, (ax.get_title(), labelled_ticks(ax))
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    if per_head:  # the band is explained in the legend and the caption
+        assert legend == ["gpt", "ngpt", "band: min..max over heads"]
+        assert "line = median over the heads" in notes(fig) and "band = min..max" in notes(fig)
+    else:
+        assert legend == ["gpt", "ngpt"] and "no band" in notes(fig)
+
+
+def test_norms_figure_says_what_its_bands_are(dists):
+    with style_context():
+        fig = drawn(fig_norms(dists))
+    text = notes(fig)
+    assert "band = \u00b11 s.d. over the tokens" in text and "band = min..max over them" in text
+    log_axes = [ax for ax in fig.axes if ax.get_yscale() == "log"]
+    assert all(len(labelled_ticks(ax)) >= 3 for ax in log_axes)
+
+
+def summary(n_seeds: int) -> pd.DataFrame:
+    """A summary as analysis.targets.summarize gives it: 3 targets, gpt the baseline; the last target
+    reached by ngpt only."""
+    rows = []
+    for target, (gpt, ngpt) in zip([7.0, 6.5, 6.0], [(2e5, 1e5), (4e5, 2e5), (np.nan, 5e5)]):
+        for arm, tokens in (("gpt", gpt), ("ngpt", ngpt)):
+            several = n_seeds > 1
+            speed = np.nan if arm == "gpt" else gpt / tokens
+            rows.append(dict(target=target, arm=arm, is_baseline=arm == "gpt", reached=bool(np.isfinite(tokens)),
+                             n_seeds=n_seeds, tokens_to_target=tokens,
+                             tokens_to_target_std=0.1 * tokens if several else np.nan, speedup=speed,
+                             speedup_ci_low=0.8 * speed if several else np.nan,
+                             speedup_ci_high=1.2 * speed if several else np.nan))
+    frame = pd.DataFrame(rows)
+    frame.attrs["ci_level"] = 0.95
+    return frame
+
+
+def test_tokens_to_target_with_one_seed_promises_no_error_bars():
+    with style_context():
+        fig = drawn(fig_tokens_to_target(summary(1), arm_styles(["gpt", "ngpt"], "gpt"), "gpt"))
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["gpt (n = 1 seed)", "ngpt (n = 1 seed)"]
+    assert not any(isinstance(c, ErrorbarContainer) for ax in fig.axes for c in ax.containers)
+    assert "one seed per arm (n = 1), so no error bars" in notes(fig)
+    assert "no interval with one seed" in notes(fig)
+
+
+def test_tokens_to_target_with_seeds_says_what_its_bars_are():
+    with style_context():
+        fig = drawn(fig_tokens_to_target(summary(3), arm_styles(["gpt", "ngpt"], "gpt"), "gpt"))
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["gpt (n = 3 seeds)", "ngpt (n = 3 seeds)"]
+    tokens_ax, speedup_ax = fig.axes
+    assert sum(isinstance(c, ErrorbarContainer) for c in tokens_ax.containers) == 2
+    assert sum(isinstance(c, ErrorbarContainer) for c in speedup_ax.containers) == 1
+    text = notes(fig)
+    assert "bars = \u00b11 s.d. over them" in text and "bars = 95% paired bootstrap CI over seeds" in text
+    # the targets are categories: one slot each, labelled by the target, no numeric grid along x
+    for ax in (tokens_ax, speedup_ax):
+        assert list(ax.get_xticks()) == [0, 1, 2]
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["7.0", "6.5", "6.0"]
+        assert ax.get_xlim() == (-0.5, 2.5)
+        assert not any(line.get_visible() for line in ax.xaxis.get_gridlines())
+
+
+@pytest.mark.parametrize("seeds", [1, 2])
+def test_final_loss_vs_budget_bars_only_with_several_seeds(seeds):
+    from analysis.figures import fig_final_loss_vs_budget
+
+    rows = []
+    for arm, c in (("gpt", 10.0), ("ngpt", 9.9)):
+        for seed in range(seeds):
+            for budget in (1_000_000, 2_000_000, 4_000_000):
+                rows.append(dict(run_id=f"{arm}-{seed}-{budget}", arm=arm, seed=seed, budget=budget,
+                                 context_length=64, step=10, tokens=budget, elapsed_s=1.0, metric="val/loss",
+                                 value=c - 0.5 * np.log(budget) + 0.05 * seed))
+    with style_context():
+        fig = drawn(fig_final_loss_vs_budget(pd.DataFrame(rows), pd.DataFrame(), [2.9],
+                                             arm_styles(["gpt", "ngpt"], "gpt")))
+    ax = fig.axes[0]
+    bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    if seeds == 1:
+        assert not bars and legend == ["gpt (n = 1 seed)", "ngpt (n = 1 seed)"]
+        assert "One seed per budget (n = 1), so no bars" in notes(fig)
+    else:
+        assert len(bars) == 2 and legend == ["gpt (n = 2 seeds)", "ngpt (n = 2 seeds)"]
+        assert "bars = min..max over seeds" in notes(fig)
