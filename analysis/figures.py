@@ -286,7 +286,8 @@ def fig_tokens_to_target(summary: pd.DataFrame, styles: dict[str, ArmStyle],
     for i, arm in enumerate(arms):
         off = (i - (len(arms) - 1) / 2) * width / max(len(arms), 1)
         rows = summary[summary["arm"] == arm].set_index("target").reindex(targets)
-        y = rows["tokens_to_target"].to_numpy(float)
+        # an arm no seed of which reached a target has no point ("n.r."), only the table's censoring bound
+        y = np.where(rows["n_reached"].to_numpy(float) > 0, rows["tokens_to_target"].to_numpy(float), np.nan)
         err = np.nan_to_num(rows["tokens_to_target_std"].to_numpy(float), nan=0.0)
         st = styles[arm]
         n = n_by_arm[arm]
@@ -300,6 +301,7 @@ def fig_tokens_to_target(summary: pd.DataFrame, styles: dict[str, ArmStyle],
             if not np.isfinite(yy):
                 ax.annotate("n.r.", xy=(xp, 0.02), xycoords=("data", "axes fraction"),
                             ha="center", va="bottom", fontsize=7, color=st.color, rotation=90)
+        mark_bounds(ax, xpos + off, y, rows["tokens_to_target_bound"], st)
     _categorical_targets(ax, targets)
     ax.set_ylabel("tokens to target")
     tokens_axis(ax.yaxis)
@@ -329,6 +331,7 @@ def fig_tokens_to_target(summary: pd.DataFrame, styles: dict[str, ArmStyle],
                     ax.annotate("n.r.", xy=(xp, 0.02), xycoords=("data", "axes fraction"),
                                 ha="center", va="bottom", fontsize=7, color=st.color,
                                 rotation=90)
+            mark_bounds(ax, xpos + off, sp, rows["speedup_bound"], st)
         ax.axhline(1.0, color="0.3", linewidth=0.8, linestyle="--", zorder=1)
         _categorical_targets(ax, targets)
         ax.set_ylabel(f"speedup in tokens vs {baseline_arm} (\u00d7)")
@@ -339,7 +342,7 @@ def fig_tokens_to_target(summary: pd.DataFrame, styles: dict[str, ArmStyle],
                ncol=min(len(arms), 6), handletextpad=0.3, columnspacing=1.2)
     notes = []
     if any(n > 1 for n in n_by_arm.values()):
-        notes.append("tokens: mean over the seeds that reached the target, bars = \u00b11 s.d. over them")
+        notes.append("tokens: mean over all seeds, bars = \u00b11 s.d. over them")
     else:
         notes.append("tokens: one seed per arm (n = 1), so no error bars")
     if has_speedup:
@@ -350,8 +353,21 @@ def fig_tokens_to_target(summary: pd.DataFrame, styles: dict[str, ArmStyle],
                      else "speedup: ratio of the tokens, no interval with one seed; dashed line = no speedup")
     if any(t.get_text() == "n.r." for ax in axes for t in ax.texts):
         notes.append("n.r. = not reached within the run")
+    if any(t.get_text() in ("\u2265", "\u2264") for ax in axes for t in ax.texts):
+        notes.append("hollow marker = a bound (\u2265 lower, \u2264 upper): some seeds never reached the target "
+                     "(or met it at the smallest budget), see the table")
     caption(fig, ";\n".join(notes) + ".")
     return fig
+
+
+def mark_bounds(ax: Any, x: np.ndarray, y: np.ndarray, bounds: pd.Series, st: ArmStyle) -> None:
+    """Draw the points that are bounds (censored seeds, analysis.summary) hollow, with \u2265 or \u2264 beside."""
+    symbol = {"lower": "\u2265", "upper": "\u2264"}
+    for xp, yy, bound in zip(x, y, bounds.fillna("").astype(str)):
+        if bound in symbol and np.isfinite(yy):
+            ax.plot([xp], [yy], st.marker, color=st.color, markerfacecolor="white", markersize=5, zorder=3)
+            ax.annotate(symbol[bound], xy=(xp, yy), xytext=(4, 0), textcoords="offset points", ha="left",
+                        va="center", fontsize=8, color=st.color)
 
 
 def _summary_seeds(summary: pd.DataFrame, arm: str) -> int:

@@ -86,18 +86,21 @@ def test_norms_figure_says_what_its_bands_are(dists):
 
 
 def summary(n_seeds: int) -> pd.DataFrame:
-    """A summary as analysis.targets.summarize gives it: 3 targets, gpt the baseline; the last target
-    reached by ngpt only."""
+    """A summary as analysis.summary.summarize gives it: 3 targets, gpt the baseline; the last target
+    reached by ngpt only (gpt censored at 8e5 tokens, so ngpt's speedup there is a lower bound)."""
     rows = []
-    for target, (gpt, ngpt) in zip([7.0, 6.5, 6.0], [(2e5, 1e5), (4e5, 2e5), (np.nan, 5e5)]):
+    for target, (gpt, ngpt) in zip([7.0, 6.5, 6.0], [(2e5, 1e5), (4e5, 2e5), (8e5, 5e5)]):
         for arm, tokens in (("gpt", gpt), ("ngpt", ngpt)):
             several = n_seeds > 1
+            censored = arm == "gpt" and target == 6.0
             speed = np.nan if arm == "gpt" else gpt / tokens
-            rows.append(dict(target=target, arm=arm, is_baseline=arm == "gpt", reached=bool(np.isfinite(tokens)),
-                             n_seeds=n_seeds, tokens_to_target=tokens,
-                             tokens_to_target_std=0.1 * tokens if several else np.nan, speedup=speed,
+            rows.append(dict(target=target, arm=arm, is_baseline=arm == "gpt", reached=not censored,
+                             n_seeds=n_seeds, n_reached=0 if censored else n_seeds, tokens_to_target=tokens,
+                             tokens_to_target_std=0.1 * tokens if several and not censored else np.nan,
+                             tokens_to_target_bound="lower" if censored else "", speedup=speed,
                              speedup_ci_low=0.8 * speed if several else np.nan,
-                             speedup_ci_high=1.2 * speed if several else np.nan))
+                             speedup_ci_high=1.2 * speed if several else np.nan,
+                             speedup_bound="lower" if arm == "ngpt" and target == 6.0 else ""))
     frame = pd.DataFrame(rows)
     frame.attrs["ci_level"] = 0.95
     return frame
@@ -111,6 +114,12 @@ def test_tokens_to_target_with_one_seed_promises_no_error_bars():
     assert not any(isinstance(c, ErrorbarContainer) for ax in fig.axes for c in ax.containers)
     assert "one seed per arm (n = 1), so no error bars" in notes(fig)
     assert "no interval with one seed" in notes(fig)
+    # gpt never reached 6.0: no point, "n.r."; ngpt's speedup there is a lower bound, drawn hollow with "≥"
+    tokens_ax, speedup_ax = fig.axes
+    assert [t.get_text() for t in tokens_ax.texts] == ["n.r."]
+    assert [t.get_text() for t in speedup_ax.texts] == ["\u2265"]
+    assert speedup_ax.texts[0].xy[1] == pytest.approx(1.6)
+    assert "hollow marker = a bound" in notes(fig)
 
 
 def test_tokens_to_target_with_seeds_says_what_its_bars_are():
