@@ -89,6 +89,17 @@ class RunLogger:
         if wait:
             self._wait()
 
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """Log a small text artifact now (e.g. a diagnostics table); when MLflow cannot take it, the
+        file is kept in `mlflow-unsynced/<run_id>/<artifact_file>` instead and training goes on."""
+        try:
+            self.client.log_text(self.run_id, text, artifact_file)
+        except Exception as err:
+            self.last_error = err
+            path = self.unsynced_dir / self.run_id / artifact_file
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+
     def _wait(self) -> None:
         failed = []
         for operation, chunk in self._pending:
@@ -161,6 +172,9 @@ class NullLogger:
         pass
 
     def flush(self, wait: bool = False) -> None:
+        pass
+
+    def log_text(self, text: str, artifact_file: str) -> None:
         pass
 
     def close(self, status: str = "FINISHED") -> None:
