@@ -19,6 +19,8 @@ The layout, one MLflow experiment per experiment YAML (``name`` or ``tracking.ex
   Metrics against the optimizer step, with :data:`TOKENS` logged at the same steps; of the hypersphere
   diagnostics only a few summaries (:data:`DIAG_SUMMARY`) are metrics, the per-layer values are one
   table artifact per evaluation (:func:`diagnostics_artifact`) plus :data:`DIAGNOSTICS_ARTIFACT`.
+* **experiment tags**: :data:`TAG_EXPERIMENT_KIND` (MLflow opens the runs, not GenAI traces) and
+  :data:`TAG_CURVES_VIEW` (the shared view of the runs page that shows the losses against tokens first).
 """
 
 from __future__ import annotations
@@ -47,6 +49,11 @@ TAG_BRANCH_STEP = "datgpt.branch_step"  # ... and the trunk step it starts from
 #: "Model training" kind, so the UI opens on the runs table rather than on GenAI traces.
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND_TRAINING = "custom_model_development"
+#: MLflow 3's UI keeps a shared view of the runs page (filter, grouping, chart layout, x axis) in the
+#: experiment tag ``mlflow.sharedViewState.<key>`` and opens it from ``...?viewStateShareKey=<key>``.
+#: datgpt writes one, the training curves (training/tracking.py ``curves_view``), under this key.
+CURVES_VIEW_KEY = "datgpt-curves"
+TAG_CURVES_VIEW = f"mlflow.sharedViewState.{CURVES_VIEW_KEY}"
 
 # ------------------------------------------------------------------ parent tags
 TAG_TARGETS = "datgpt.targets"  # JSON list of the target validation losses

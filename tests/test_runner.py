@@ -81,12 +81,37 @@ def check_diagnostics_layout(client, child, arm: str) -> None:
         assert abs(metrics[record.DIAG_WEIGHT_NORM_MEAN] - 1.0) > 0.1
 
 
+def check_experiment_tags(exp) -> None:
+    """MLflow opens the experiment on its runs, and the curves view shows the losses first, against tokens."""
+    assert exp.tags[record.TAG_EXPERIMENT_KIND] == record.EXPERIMENT_KIND_TRAINING
+    view = json.loads(exp.tags[record.TAG_CURVES_VIEW])
+    first = view["compareRunSections"][0]
+    charts = [c for c in view["compareRunCharts"] if c["metricSectionId"] == first["uuid"]]
+    assert [c["metricKey"] for c in charts] == [record.VAL_LOSS, record.TRAIN_LOSS]
+    assert view["isAccordionReordered"] is True  # MLflow keeps this section order instead of sorting by name
+    assert view["globalLineChartConfig"]["selectedXAxisMetricKey"] == record.TOKENS
+    assert all(c["selectedXAxisMetricKey"] == record.TOKENS for c in view["compareRunCharts"])
+
+
+def test_curves_view_fits_an_experiment_tag_and_names_logged_metrics():
+    from mlflow.utils.validation import MAX_EXPERIMENT_TAG_VAL_LENGTH
+
+    from training.tracking import curves_view, curves_view_json
+
+    assert len(curves_view_json()) < MAX_EXPERIMENT_TAG_VAL_LENGTH
+    view = curves_view()
+    assert {c["metricKey"] for c in view["compareRunCharts"]} <= CHILD_METRICS | {record.MFU, *record.DIAG_SUMMARY}
+    assert len({c["uuid"] for c in view["compareRunCharts"]}) == len(view["compareRunCharts"])
+    assert {c["metricSectionId"] for c in view["compareRunCharts"]} == {s["uuid"] for s in view["compareRunSections"]}
+
+
 def check_mlflow_layout(uri: str, experiment: str, arms=("gpt", "ngpt")) -> dict:
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     assert exp is not None
+    check_experiment_tags(exp)
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if r.data.tags.get("datgpt.role") == "parent"]
     children = [r for r in runs if r.data.tags.get("datgpt.role") == "child"]
@@ -130,6 +155,12 @@ def test_end_to_end_sqlite(tmp_path, monkeypatch, capsys, data_dir):
     out = capsys.readouterr().out
     assert "speedup" in out and "gpt" in out and "ngpt" in out
     check_mlflow_layout(uri, "tiny_e2e")
+    from mlflow import MlflowClient
+
+    exp_id = MlflowClient(uri).get_experiment_by_name("tiny_e2e").experiment_id
+    assert f"Runs in MLflow: http://127.0.0.1:5000/#/experiments/{exp_id}?workflowType=machine_learning" in out
+    assert (f"Curves in MLflow: http://127.0.0.1:5000/#/experiments/{exp_id}/runs?workflowType=machine_learning"
+            f"&viewStateShareKey={record.CURVES_VIEW_KEY}&compareRunsMode=CHART") in out
 
 
 def _free_port() -> int:

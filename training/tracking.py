@@ -181,6 +181,57 @@ class NullLogger:
         pass
 
 
+# ------------------------------------------------------------------ the shared view of the training curves
+#: The chart sections of the view, in order: (section name, metrics). Metrics not listed (new ones, or
+#: `tokens` itself) get MLflow's default charts in sections after these.
+CURVES_VIEW_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Losses", (record.VAL_LOSS, record.TRAIN_LOSS)),
+    ("Hypersphere diagnostics", record.DIAG_SUMMARY),  # per layer: the artifacts diagnostics/step_*.json
+    ("Optimization", (record.LR, record.GRAD_NORM)),
+    ("Speed", (record.TOKENS_PER_S, record.STEP_MS, record.ELAPSED_S, record.MFU)),
+)
+
+
+def _line_chart(uuid: str, section: str, metric: str) -> dict[str, Any]:
+    """One line chart card as MLflow 3's runs page stores it (RunsChartsLineCardConfig)."""
+    return {"uuid": uuid, "type": "LINE", "runsCountToCompare": 10, "metricSectionId": section,
+            "deleted": False, "isGenerated": False, "displayName": metric, "metricKey": metric,
+            "selectedMetricKeys": [metric], "lineSmoothness": 0, "xAxisScaleType": "linear",
+            "scaleType": "linear", "range": {}, "xAxisKey": "metric", "selectedXAxisMetricKey": record.TOKENS,
+            "yAxisKey": "metric", "yAxisExpressions": [], "ignoreOutliers": False,
+            "useGlobalXaxisKey": True, "useGlobalLineSmoothing": True}
+
+
+def curves_view() -> dict[str, Any]:
+    """The shared view datgpt stores on each experiment (tag :data:`analysis.record.TAG_CURVES_VIEW`), as
+    MLflow 3.17's runs page reads it: child runs only, grouped by arm with one curve per run, charts of
+    the losses first, then the diagnostics summaries, optimization and speed, all against `tokens`.
+
+    MLflow otherwise orders chart sections alphabetically by the metric name before its last "/" and
+    draws against the step; its per-experiment chart layout lives in the browser only, so a shared view
+    is the one layout a link can carry. Grouped values are off: MLflow's group averages map a metric
+    x axis by position, which misplaces `val/loss` (logged at fewer steps than `tokens`)."""
+    charts, sections = [], []
+    for i, (name, metrics) in enumerate(CURVES_VIEW_SECTIONS):
+        section = f"datgpt-section-{i}"
+        sections.append({"uuid": section, "name": name, "display": True, "isReordered": True})
+        charts += [_line_chart(f"datgpt-chart-{metric}", section, metric) for metric in metrics]
+    return {
+        "searchFilter": f"tags.`{record.TAG_ROLE}` = '{record.ROLE_CHILD}'",
+        "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": record.TAG_ARM}]},
+        "useGroupedValuesInCharts": False,
+        "hideEmptyCharts": True,
+        "compareRunCharts": charts,
+        "compareRunSections": sections,
+        "isAccordionReordered": True,
+        "globalLineChartConfig": {"xAxisKey": "metric", "selectedXAxisMetricKey": record.TOKENS, "lineSmoothness": 0},
+    }
+
+
+def curves_view_json() -> str:
+    return json.dumps(curves_view(), separators=(",", ":"))
+
+
 class Tracker:
     """Creates the experiment, the parent run and the child runs (rank 0 only)."""
 
@@ -212,7 +263,8 @@ class Tracker:
         experiment = self.client.get_experiment_by_name(name)
         if experiment is None:
             return self.client.create_experiment(
-                name, tags={record.TAG_EXPERIMENT_KIND: record.EXPERIMENT_KIND_TRAINING})
+                name, tags={record.TAG_EXPERIMENT_KIND: record.EXPERIMENT_KIND_TRAINING,
+                            record.TAG_CURVES_VIEW: curves_view_json()})
         if experiment.lifecycle_stage == "deleted":
             raise TrackingError(f"tracking.experiment: MLflow experiment {name!r} is deleted; restore it "
                                 f"(`mlflow experiments restore --experiment-id {experiment.experiment_id}`) "
@@ -220,6 +272,9 @@ class Tracker:
         if record.TAG_EXPERIMENT_KIND not in experiment.tags:  # made before datgpt set it
             self.client.set_experiment_tag(experiment.experiment_id, record.TAG_EXPERIMENT_KIND,
                                            record.EXPERIMENT_KIND_TRAINING)
+        view = curves_view_json()
+        if experiment.tags.get(record.TAG_CURVES_VIEW) != view:  # made by an older datgpt, or before views
+            self.client.set_experiment_tag(experiment.experiment_id, record.TAG_CURVES_VIEW, view)
         return experiment.experiment_id
 
     def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
@@ -248,7 +303,15 @@ class Tracker:
     def runs_url(self, experiment_id: str) -> str:
         """Where the experiment's runs table opens: the server itself, or `mlflow ui`'s default address for a
         local store (with the command that serves it)."""
-        page = f"#/experiments/{experiment_id}?workflowType=machine_learning"
+        return self._url(f"#/experiments/{experiment_id}?workflowType=machine_learning")
+
+    def curves_url(self, experiment_id: str) -> str:
+        """Where the experiment's training curves open: the runs page in chart mode with the shared view
+        :func:`curves_view` (losses first, against tokens, one curve per run, grouped by arm)."""
+        return self._url(f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+                         f"&viewStateShareKey={record.CURVES_VIEW_KEY}&compareRunsMode=CHART")
+
+    def _url(self, page: str) -> str:
         if self.uri.startswith(("http://", "https://")):
             return f"{self.uri.rstrip('/')}/{page}"
         serve = "mlflow ui" if self.uri == "sqlite:///mlflow.db" else f"mlflow ui --backend-store-uri {self.uri}"
