@@ -105,6 +105,21 @@ def test_curves_view_fits_an_experiment_tag_and_names_logged_metrics():
     assert {c["metricSectionId"] for c in view["compareRunCharts"]} == {s["uuid"] for s in view["compareRunSections"]}
 
 
+def test_an_older_experiment_gets_the_kind_and_the_current_view(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    from training.tracking import Tracker, curves_view_json
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(uri)
+    exp_id = client.create_experiment("old", tags={record.TAG_CURVES_VIEW: "{}"})  # made by an older datgpt
+    assert Tracker().experiment_id("old") == exp_id
+    tags = client.get_experiment(exp_id).tags
+    assert tags[record.TAG_EXPERIMENT_KIND] == record.EXPERIMENT_KIND_TRAINING
+    assert tags[record.TAG_CURVES_VIEW] == curves_view_json()
+
+
 def check_mlflow_layout(uri: str, experiment: str, arms=("gpt", "ngpt")) -> dict:
     from mlflow import MlflowClient
 
