@@ -16,7 +16,11 @@ The layout, one MLflow experiment per experiment YAML (``name`` or ``tracking.ex
   budget, budget method, seed). Its stage (``STAGE_SEARCH`` or ``STAGE_MAIN``) and method
   (``METHOD_FULL`` or ``METHOD_COOLDOWN``) say whether it is a learning-rate search unit, a main run or
   a cooldown branch (``TAG_BRANCH_OF`` set). Params: the flattened resolved config plus ``derived.*``.
-  Metrics against the optimizer step, with :data:`TOKENS` logged at the same steps.
+  Metrics against the optimizer step, with :data:`TOKENS` logged at the same steps; of the hypersphere
+  diagnostics only a few summaries (:data:`DIAG_SUMMARY`) are metrics, the per-layer values are one
+  table artifact per evaluation (:func:`diagnostics_artifact`) plus :data:`DIAGNOSTICS_ARTIFACT`.
+* **experiment tags**: :data:`TAG_EXPERIMENT_KIND` (MLflow opens the runs, not GenAI traces) and
+  :data:`TAG_CURVES_VIEW` (the shared view of the runs page that shows the losses against tokens first).
 """
 
 from __future__ import annotations
@@ -45,6 +49,11 @@ TAG_BRANCH_STEP = "datgpt.branch_step"  # ... and the trunk step it starts from
 #: "Model training" kind, so the UI opens on the runs table rather than on GenAI traces.
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND_TRAINING = "custom_model_development"
+#: MLflow 3's UI keeps a shared view of the runs page (filter, grouping, chart layout, x axis) in the
+#: experiment tag ``mlflow.sharedViewState.<key>`` and opens it from ``...?viewStateShareKey=<key>``.
+#: datgpt writes one, the training curves (training/tracking.py ``curves_view``), under this key.
+CURVES_VIEW_KEY = "datgpt-curves"
+TAG_CURVES_VIEW = f"mlflow.sharedViewState.{CURVES_VIEW_KEY}"
 
 # ------------------------------------------------------------------ parent tags
 TAG_TARGETS = "datgpt.targets"  # JSON list of the target validation losses
@@ -89,12 +98,25 @@ TOKENS_PER_S = "throughput/tokens_per_s"
 STEP_MS = "time/step_ms"
 ELAPSED_S = "time/elapsed_s"  # training seconds so far, evaluations excluded
 MFU = "mfu"  # CUDA only
-DIAG_PREFIX = "diag"  # hypersphere diagnostics: diag/<group>/...
+DIAG_PREFIX = "diag"  # hypersphere diagnostics: diag/<group>/... (the per-layer values, in table artifacts)
 
 
 def diag_metric(*parts: object) -> str:
-    """``diag/<part>/<part>/...``: a hypersphere-diagnostics metric (training/diagnostics.py)."""
+    """``diag/<part>/<part>/...``: a per-layer hypersphere-diagnostics value (training/diagnostics.py),
+    a key of the per-evaluation tables (:func:`diagnostics_artifact`), not an MLflow metric."""
     return "/".join([DIAG_PREFIX, *(str(p) for p in parts)])
+
+
+#: The few diagnostics logged as metrics at every evaluation (training/diagnostics.py ``summarize``).
+#: No "/" in the name: MLflow's chart view groups metrics by what comes before the last "/" and puts
+#: the metrics without one ("Model metrics") after every other section, i.e. after the losses.
+DIAG_SUMMARY_PREFIX = "diag."
+DIAG_HIDDEN_NORM_LAST = DIAG_SUMMARY_PREFIX + "hidden_norm_last"  # mean token norm after the last block
+DIAG_WEIGHT_NORM_MEAN = DIAG_SUMMARY_PREFIX + "weight_norm_mean"  # mean row norm of every layer matrix
+DIAG_COND_MAX = DIAG_SUMMARY_PREFIX + "cond_max"  # largest condition number of a layer matrix
+DIAG_ALPHA_A_MEAN = DIAG_SUMMARY_PREFIX + "alpha_A_mean"  # nGPT: mean effective alpha_A over layers
+DIAG_ALPHA_M_MEAN = DIAG_SUMMARY_PREFIX + "alpha_M_mean"  # nGPT: mean effective alpha_M over layers
+DIAG_SUMMARY = (DIAG_HIDDEN_NORM_LAST, DIAG_WEIGHT_NORM_MEAN, DIAG_COND_MAX, DIAG_ALPHA_A_MEAN, DIAG_ALPHA_M_MEAN)
 
 
 # ------------------------------------------------------------------ artifacts
@@ -102,9 +124,17 @@ CONFIG_ARTIFACT = "config/resolved.yaml"  # parent: the resolved experiment YAML
 REPORT_DIR = "report"  # parent: every figure and table of analysis.report.build_report
 LR_SELECTION_TXT = "sweep/lr_selection.txt"  # parent: the learning-rate search and its choice
 LR_SELECTION_CSV = "sweep/lr_selection.csv"
-DIAGNOSTICS_ARTIFACT = "diagnostics/final.json"  # child: final hypersphere diagnostics
+DIAGNOSTICS_ARTIFACT = "diagnostics/final.json"  # child: final hypersphere diagnostics (with distributions)
+DIAGNOSTICS_DIR = "diagnostics"  # child: ... and one table per evaluation, diagnostics/step_XXXXXXXX.json
 SAMPLES_ARTIFACT = "samples/samples.txt"  # child: text sampled from fixed prompts
 MODEL_ARTIFACT = "model"  # child: the final model in MLflow's PyTorch flavour
+
+
+
+def diagnostics_artifact(step: int) -> str:
+    """``diagnostics/step_00000016.json``: the per-layer diagnostics of the evaluation at ``step``."""
+    return f"{DIAGNOSTICS_DIR}/step_{int(step):08d}.json"
+
 
 # ------------------------------------------------------------------ the answer, as parent metrics
 ANSWER_PREFIX = "result"

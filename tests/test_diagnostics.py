@@ -9,6 +9,7 @@ import warnings
 import pytest
 import torch
 
+from analysis import record
 from analysis.diagnostics import diagnostics_figures, fig_ngpt_scalars, load_diagnostics
 from analysis.errors import AnalysisWarning
 from analysis.figures import NotApplicable
@@ -184,6 +185,44 @@ def test_json_round_trip(idx, tmp_path):
     path.write_text(text)
     assert load_diagnostics(path) == diag.distributions
     json.dumps(diag.distributions, allow_nan=False)  # plain finite JSON data
+
+
+def test_summary_metrics_follow_the_per_layer_values(idx):
+    """The few metrics logged per evaluation are read off the per-layer table (and nothing else is)."""
+    model = tiny("ngpt")
+    with torch.no_grad():  # move the eigen learning rates off their uniform init, layers apart
+        for i, block in enumerate(model.blocks):
+            for p in (block.alpha_attn.weight, block.alpha_mlp.weight):
+                p.mul_(1.0 + i + torch.rand(p.shape, generator=torch.Generator().manual_seed(i)))
+    ngpt = compute_diagnostics(model, idx)
+    s = ngpt.scalars
+    summary = ngpt.summary()
+    assert set(summary) == set(record.DIAG_SUMMARY)
+    assert all("/" not in name for name in summary)  # MLflow charts them after the losses ("Model metrics")
+    assert summary[record.DIAG_HIDDEN_NORM_LAST] == s["diag/hidden_norm/layer_01/mean"]
+    assert summary[record.DIAG_HIDDEN_NORM_LAST] == pytest.approx(1.0, abs=1e-4)  # on the sphere
+    assert summary[record.DIAG_WEIGHT_NORM_MEAN] == pytest.approx(1.0, abs=1e-5)
+    conds = [s[f"diag/cond/{m}/layer_{i:02d}"] for m in MATRICES for i in range(N_LAYERS)]
+    assert summary[record.DIAG_COND_MAX] == max(conds) and max(conds) > 1.0
+    for name, key in (("alpha_A", record.DIAG_ALPHA_A_MEAN), ("alpha_M", record.DIAG_ALPHA_M_MEAN)):
+        means = layer_values(ngpt, f"diag/ngpt/{name}", "/mean")
+        assert means[1] > means[0] * 1.5  # the layers differ, so a wrong average would show
+        assert summary[key] == pytest.approx(sum(means) / len(means), rel=1e-6)
+
+    gpt = compute_diagnostics(tiny("gpt"), idx, condition_numbers=False)
+    summary = gpt.summary()
+    assert set(summary) == {record.DIAG_HIDDEN_NORM_LAST, record.DIAG_WEIGHT_NORM_MEAN}  # no cond, no alphas
+    rows = [gpt.scalars[f"diag/weight_norm/{m}/layer_{i:02d}/mean"] for m in MATRICES for i in range(N_LAYERS)]
+    assert max(rows) > 1.2 * min(rows)  # the matrices differ, so a wrong average would show
+    assert summary[record.DIAG_WEIGHT_NORM_MEAN] == pytest.approx(sum(rows) / len(rows), rel=1e-12)
+    assert summary[record.DIAG_WEIGHT_NORM_MEAN] < 0.5  # init rows of norm ~0.02 x sqrt(d): off the sphere
+
+
+def test_table_json_holds_every_per_layer_value(idx):
+    diag = compute_diagnostics(tiny("gpt"), idx)
+    table = json.loads(diag.table_json(step=16, tokens=4096))
+    assert table == {"format_version": 1, "step": 16, "tokens": 4096, "scalars": diag.scalars}
+    assert len(table["scalars"]) == 27 * N_LAYERS + 6  # GPT with SwiGLU, untied embeddings
 
 
 # ------------------------------------------------------------------------------------ figures

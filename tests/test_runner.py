@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import tempfile
 import subprocess
 import sys
 import time
@@ -13,6 +15,7 @@ import pytest
 import yaml
 
 import runner
+from analysis import record
 from training.config import load_experiment
 from training.data import load_splits
 from training.distributed import DistInfo
@@ -44,12 +47,86 @@ def write_yaml(folder: Path, **changes) -> Path:
     return path
 
 
+def check_diagnostics_layout(client, child, arm: str) -> None:
+    """Hypersphere diagnostics: a few summary metrics per evaluation, the per-layer values as one table
+    artifact per evaluation (steps 0, 4, 8, 12, 16) and the final distributions; no per-layer metric."""
+    run_id, metrics = child.info.run_id, child.data.metrics
+    assert not [k for k in metrics if k.startswith(record.DIAG_PREFIX + "/")]  # 13 or 15 metrics, not ~200
+    expected = set(record.DIAG_SUMMARY) - (set() if arm == "ngpt" else {record.DIAG_ALPHA_A_MEAN,
+                                                                         record.DIAG_ALPHA_M_MEAN})
+    assert {k for k in metrics if k.startswith(record.DIAG_SUMMARY_PREFIX)} == expected
+    history = client.get_metric_history(run_id, record.DIAG_HIDDEN_NORM_LAST)
+    assert sorted(m.step for m in history) == [0, 4, 8, 12, 16]  # one per evaluation
+    files = {a.path for a in client.list_artifacts(run_id, record.DIAGNOSTICS_DIR)}
+    assert files == {record.DIAGNOSTICS_ARTIFACT} | {record.diagnostics_artifact(s) for s in (0, 4, 8, 12, 16)}
+    with tempfile.TemporaryDirectory() as tmp:
+        table = json.loads(Path(client.download_artifacts(run_id, record.diagnostics_artifact(16), tmp)).read_text())
+    assert table["step"] == 16 and table["tokens"] == 4096
+    scalars = table["scalars"]
+    last = scalars[record.diag_metric("hidden_norm", "layer_01", "mean")]  # 2 layers: layer_01 is the last
+    assert metrics[record.DIAG_HIDDEN_NORM_LAST] == pytest.approx(last, rel=1e-12)
+    row_norms = [v for k, v in scalars.items() if k.startswith(record.diag_metric("weight_norm") + "/")
+                 and "/layer_" in k and k.endswith("/mean")]
+    assert len(row_norms) == 2 * 7 and metrics[record.DIAG_WEIGHT_NORM_MEAN] == pytest.approx(
+        sum(row_norms) / len(row_norms), rel=1e-6)
+    conds = [v for k, v in scalars.items() if k.startswith(record.diag_metric("cond") + "/")]
+    assert len(conds) == 2 * 7 and metrics[record.DIAG_COND_MAX] == pytest.approx(max(conds), rel=1e-12)
+    if arm == "ngpt":  # on the hypersphere after training too: unit hidden states and unit weight rows
+        assert abs(metrics[record.DIAG_HIDDEN_NORM_LAST] - 1.0) < 1e-4
+        assert abs(metrics[record.DIAG_WEIGHT_NORM_MEAN] - 1.0) < 1e-4
+        alphas = [v for k, v in scalars.items() if k.startswith(record.diag_metric("ngpt", "alpha_A") + "/")
+                  and k.endswith("/mean")]
+        assert metrics[record.DIAG_ALPHA_A_MEAN] == pytest.approx(sum(alphas) / len(alphas), rel=1e-6)
+    else:  # GPT's weights are not normalized (rows of norm ~0.02 x sqrt(32) at init)
+        assert abs(metrics[record.DIAG_WEIGHT_NORM_MEAN] - 1.0) > 0.1
+
+
+def check_experiment_tags(exp) -> None:
+    """MLflow opens the experiment on its runs, and the curves view shows the losses first, against tokens."""
+    assert exp.tags[record.TAG_EXPERIMENT_KIND] == record.EXPERIMENT_KIND_TRAINING
+    view = json.loads(exp.tags[record.TAG_CURVES_VIEW])
+    first = view["compareRunSections"][0]
+    charts = [c for c in view["compareRunCharts"] if c["metricSectionId"] == first["uuid"]]
+    assert [c["metricKey"] for c in charts] == [record.VAL_LOSS, record.TRAIN_LOSS]
+    assert view["isAccordionReordered"] is True  # MLflow keeps this section order instead of sorting by name
+    assert view["globalLineChartConfig"]["selectedXAxisMetricKey"] == record.TOKENS
+    assert all(c["selectedXAxisMetricKey"] == record.TOKENS for c in view["compareRunCharts"])
+
+
+def test_curves_view_fits_an_experiment_tag_and_names_logged_metrics():
+    from mlflow.utils.validation import MAX_EXPERIMENT_TAG_VAL_LENGTH
+
+    from training.tracking import curves_view, curves_view_json
+
+    assert len(curves_view_json()) < MAX_EXPERIMENT_TAG_VAL_LENGTH
+    view = curves_view()
+    assert {c["metricKey"] for c in view["compareRunCharts"]} <= CHILD_METRICS | {record.MFU, *record.DIAG_SUMMARY}
+    assert len({c["uuid"] for c in view["compareRunCharts"]}) == len(view["compareRunCharts"])
+    assert {c["metricSectionId"] for c in view["compareRunCharts"]} == {s["uuid"] for s in view["compareRunSections"]}
+
+
+def test_an_older_experiment_gets_the_kind_and_the_current_view(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    from training.tracking import Tracker, curves_view_json
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(uri)
+    exp_id = client.create_experiment("old", tags={record.TAG_CURVES_VIEW: "{}"})  # made by an older datgpt
+    assert Tracker().experiment_id("old") == exp_id
+    tags = client.get_experiment(exp_id).tags
+    assert tags[record.TAG_EXPERIMENT_KIND] == record.EXPERIMENT_KIND_TRAINING
+    assert tags[record.TAG_CURVES_VIEW] == curves_view_json()
+
+
 def check_mlflow_layout(uri: str, experiment: str, arms=("gpt", "ngpt")) -> dict:
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     assert exp is not None
+    check_experiment_tags(exp)
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if r.data.tags.get("datgpt.role") == "parent"]
     children = [r for r in runs if r.data.tags.get("datgpt.role") == "child"]
@@ -72,11 +149,7 @@ def check_mlflow_layout(uri: str, experiment: str, arms=("gpt", "ngpt")) -> dict
         assert child.data.params["train.tokens"] == "4096" and child.data.params["derived.steps"] == "16"
         assert child.data.params["derived.precision"] == "fp32"
         assert CHILD_METRICS <= set(child.data.metrics), set(child.data.metrics)
-        assert {"diag/hidden_norm/layer_01/mean", "diag/cond/attn_q/layer_00"} <= set(child.data.metrics)
-        assert len(client.get_metric_history(child.info.run_id, "diag/hidden_norm/layer_01/mean")) == 5  # per eval
-        assert "diagnostics/final.json" in {a.path for a in client.list_artifacts(child.info.run_id, "diagnostics")}
-        if arm == "ngpt":  # on the hypersphere after training too
-            assert abs(child.data.metrics["diag/hidden_norm/layer_01/mean"] - 1.0) < 1e-4
+        check_diagnostics_layout(client, child, arm)
         val = [m.value for m in sorted(client.get_metric_history(child.info.run_id, "val/loss"),
                                        key=lambda m: m.step)]
         train = client.get_metric_history(child.info.run_id, "train/loss")
@@ -97,6 +170,12 @@ def test_end_to_end_sqlite(tmp_path, monkeypatch, capsys, data_dir):
     out = capsys.readouterr().out
     assert "speedup" in out and "gpt" in out and "ngpt" in out
     check_mlflow_layout(uri, "tiny_e2e")
+    from mlflow import MlflowClient
+
+    exp_id = MlflowClient(uri).get_experiment_by_name("tiny_e2e").experiment_id
+    assert f"Runs in MLflow: http://127.0.0.1:5000/#/experiments/{exp_id}?workflowType=machine_learning" in out
+    assert (f"Curves in MLflow: http://127.0.0.1:5000/#/experiments/{exp_id}/runs?workflowType=machine_learning"
+            f"&viewStateShareKey={record.CURVES_VIEW_KEY}&compareRunsMode=CHART") in out
 
 
 def _free_port() -> int:

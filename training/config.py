@@ -127,7 +127,8 @@ class TrackingConfig:
     log_models: bool = True  # log each child run's final model in MLflow's PyTorch flavour (artifact `model`)
     log_samples: bool = True  # log text sampled from fixed prompts at the end of each child run (samples/samples.txt)
     log_diagnostics: bool = True  # hypersphere diagnostics (norms, condition numbers, nGPT scalars) at every
-    # evaluation as diag/* metrics, and the final distributions as diagnostics/final.json (training/diagnostics.py)
+    # evaluation: a few diag.* summary metrics and the per-layer table diagnostics/step_XXXXXXXX.json; the final
+    # distributions as diagnostics/final.json (training/diagnostics.py)
 
 
 @dataclass

@@ -2,9 +2,10 @@
 et al., arXiv 2410.01131, Sec. 4 "inspection of network parameters") looks at, for both arms.
 
 :func:`compute_diagnostics` runs one forward pass of a small fixed batch and inspects the weights.
-It returns :class:`Diagnostics`: flat ``scalars`` (metric name -> float, for MLflow at every
-evaluation) and ``distributions`` (plain JSON data, per quantity and layer, for the figures of
-:mod:`analysis.diagnostics`). Torch only: nothing here knows MLflow or YAML.
+It returns :class:`Diagnostics`: flat ``scalars`` (name -> float, one per layer and quantity: the
+table training logs as an MLflow artifact at every evaluation), ``distributions`` (plain JSON data, per
+quantity and layer, for the figures of :mod:`analysis.diagnostics`) and :meth:`Diagnostics.summary`
+(the handful of numbers logged as MLflow metrics). Torch only: nothing here knows MLflow or YAML.
 
 What is measured (``L`` layers, width ``d``, ``H`` heads of size ``d_h``; layer ``i`` is ``blocks[i]``):
 
@@ -26,7 +27,7 @@ What is measured (``L`` layers, width ``d``, ``H`` heads of size ``d_h``; layer 
   layer, and s_z (Sec. 2.1, one vector over the vocabulary, padding rows included), from
   :meth:`models.ngpt.NGPT.effective_scalars`.
 
-Metric names (``XX`` is the zero-padded layer index, ``layer_00`` = first block; ``<m>`` is one of
+Scalar names (``XX`` is the zero-padded layer index, ``layer_00`` = first block; ``<m>`` is one of
 :data:`MATRICES` present in the model, ``attn_*`` for ``<a>``; ``<stat>`` is mean/std/min/max)::
 
     diag/hidden_norm/embed/{mean,std}          diag/hidden_norm/layer_XX/{mean,std}
@@ -36,8 +37,12 @@ Metric names (``XX`` is the zero-padded layer index, ``layer_00`` = first block;
     diag/ngpt/{alpha_A,alpha_M,s_qk,s_u,s_v}/layer_XX/<stat>      diag/ngpt/s_z/<stat>
 
 Count: ``47 L + 10`` values for nGPT with SwiGLU (574 at 12 layers), ``27 L + 6`` for GPT with
-SwiGLU (330), ``24 L + 6`` for GPT with GELU; one MLflow ``log_batch`` takes 1000 metrics, i.e. nGPT
-up to 21 layers (log in chunks beyond). ``condition_numbers=False`` drops ``11 L`` of them.
+SwiGLU (330), ``24 L + 6`` for GPT with GELU. ``condition_numbers=False`` drops ``11 L`` of them.
+So many metrics would bury the losses in MLflow's charts, so training logs them as a table artifact
+per evaluation (:meth:`Diagnostics.table_json`) and only :meth:`Diagnostics.summary` as metrics:
+the mean token norm after the last block (1 for nGPT), the mean row norm of the layer matrices (1 for
+nGPT), the largest condition number of a layer matrix, and for nGPT the mean effective alpha_A and
+alpha_M (names in :data:`analysis.record.DIAG_SUMMARY`).
 
 ``distributions`` layout (lists of floats; absent keys: see ``kind`` and ``condition_numbers``)::
 
@@ -74,12 +79,14 @@ time (7 x 4.7 MB at d=768).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+from analysis import record
 from analysis.record import diag_metric
 from models.gpt import GPT
 from models.ngpt import NGPT
@@ -126,6 +133,30 @@ class Diagnostics:
     def to_json(self, indent: int | None = None) -> str:
         """``{"scalars": ..., "distributions": ...}`` as JSON text (NaN written as ``NaN``)."""
         return json.dumps(asdict(self), indent=indent)
+
+    def summary(self) -> dict[str, float]:
+        """The few numbers logged as metrics at every evaluation (names in ``analysis.record``): the
+        mean token norm after the last block, the mean row norm over every layer matrix, the largest
+        condition number of a layer matrix (when computed) and, for nGPT, the mean effective alpha_A
+        and alpha_M over layers and dimensions."""
+        d = self.distributions
+        out = {record.DIAG_HIDDEN_NORM_LAST: float(d["hidden_norm"]["mean"][-1])}
+        means = [m for stats in d["weight_norm"].values() for m in stats["mean"]]
+        out[record.DIAG_WEIGHT_NORM_MEAN] = float(sum(means) / len(means))
+        conds = [c for values in d.get("cond", {}).values() for c in values if not math.isnan(c)]
+        if conds:
+            out[record.DIAG_COND_MAX] = float(max(conds))
+        for name, key in (("alpha_A", record.DIAG_ALPHA_A_MEAN), ("alpha_M", record.DIAG_ALPHA_M_MEAN)):
+            if name in d:
+                values = [v for layer in d[name] for v in layer]
+                out[key] = float(sum(values) / len(values))
+        return out
+
+    def table_json(self, step: int, tokens: int) -> str:
+        """The per-layer scalars of the evaluation at ``step`` as the artifact training logs:
+        ``{"format_version", "step", "tokens", "scalars": {name: value}}``."""
+        return json.dumps({"format_version": FORMAT_VERSION, "step": int(step), "tokens": int(tokens),
+                           "scalars": self.scalars}, indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> "Diagnostics":

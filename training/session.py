@@ -241,7 +241,8 @@ def run_experiment(cfg: ExperimentConfig, splits: Splits, dist: DistInfo, *, pro
             invocation.finished = True
             invocation.save()
         print(f"\nFigures and tables: python -m analysis figures --experiment {cfg.experiment_name}\n"
-              f"Runs in MLflow: {tracker.runs_url(experiment_id)}")
+              f"Runs in MLflow: {tracker.runs_url(experiment_id)}\n"
+              f"Curves in MLflow: {tracker.curves_url(experiment_id)}")
     return 0
 
 

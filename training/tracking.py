@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -109,6 +110,8 @@ class RunLogger:
         self._pending: list = []
         self._warned = False
         self._stalled = False  # batches were still in flight at the last deadline
+        self._uploads = None  # a one-thread pool for artifacts (log_text), made on first use
+        self._artifacts: list = []
         self.last_error: Exception | None = None
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
@@ -134,6 +137,25 @@ class RunLogger:
                 break
         if wait:  # once the server has missed a deadline, do not wait again until it has caught up
             self._wait(0.0 if self._stalled else self.wait_timeout)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """Upload a small text artifact (e.g. a diagnostics table) in the background, so a slow or lost
+        server never holds training up; what fails is kept in `mlflow-unsynced/<run_id>/<artifact_file>`
+        (uploaded by `python -m training.tracking sync`)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self._uploads is None:
+            self._uploads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="datgpt-artifacts")
+        self._artifacts.append(self._uploads.submit(self._upload, text, artifact_file))
+
+    def _upload(self, text: str, artifact_file: str) -> None:
+        try:
+            self.client.log_text(self.run_id, text, artifact_file)
+        except Exception as err:
+            self.last_error = err
+            path = self.unsynced_dir / self.run_id / artifact_file
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
 
     def _wait(self, timeout: float | None = None) -> None:
         """Collect finished batches (failed ones go back into the buffer); with a timeout, leave the
@@ -164,6 +186,9 @@ class RunLogger:
         """Flush everything and end the run; returns the local record when MLflow could not take it."""
         self.flush()
         self._wait()  # no time limit: MLflow's own retries decide
+        if self._uploads is not None:  # the artifacts handed over so far (failures are kept locally)
+            self._uploads.shutdown(wait=True)
+            self._uploads, self._artifacts = None, []
         if self._buffer:  # one last synchronous try
             try:
                 for i in range(0, len(self._buffer), MAX_METRICS_PER_BATCH):
@@ -191,7 +216,8 @@ class RunLogger:
 
 
 def sync_unsynced(path: Path, client=None) -> int:
-    """Upload a local record written by `RunLogger` when the server was lost; returns metrics sent."""
+    """Upload a local record written by `RunLogger` when the server was lost (its metrics, then the artifacts
+    kept in the folder of the same name, then the run's status); returns the metrics sent."""
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
@@ -206,6 +232,10 @@ def sync_unsynced(path: Path, client=None) -> int:
     run_id = Path(path).stem
     for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
         client.log_batch(run_id, metrics=metrics[i:i + MAX_METRICS_PER_BATCH])
+    artifacts = Path(path).with_suffix("")
+    if artifacts.is_dir():
+        client.log_artifacts(run_id, str(artifacts))
+        shutil.rmtree(artifacts)
     if status:
         client.set_terminated(run_id, status=status)
     Path(path).unlink()
@@ -223,8 +253,62 @@ class NullLogger:
     def flush(self, wait: bool = False) -> None:
         pass
 
+    def log_text(self, text: str, artifact_file: str) -> None:
+        pass
+
     def close(self, status: str = "FINISHED") -> None:
         pass
+
+
+# ------------------------------------------------------------------ the shared view of the training curves
+#: The chart sections of the view, in order: (section name, metrics). Metrics not listed (new ones, or
+#: `tokens` itself) get MLflow's default charts in sections after these.
+CURVES_VIEW_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Losses", (record.VAL_LOSS, record.TRAIN_LOSS)),
+    ("Hypersphere diagnostics", record.DIAG_SUMMARY),  # per layer: the artifacts diagnostics/step_*.json
+    ("Optimization", (record.LR, record.GRAD_NORM)),
+    ("Speed", (record.TOKENS_PER_S, record.STEP_MS, record.ELAPSED_S, record.MFU)),
+)
+
+
+def _line_chart(uuid: str, section: str, metric: str) -> dict[str, Any]:
+    """One line chart card as MLflow 3's runs page stores it (RunsChartsLineCardConfig)."""
+    return {"uuid": uuid, "type": "LINE", "runsCountToCompare": 10, "metricSectionId": section,
+            "deleted": False, "isGenerated": False, "displayName": metric, "metricKey": metric,
+            "selectedMetricKeys": [metric], "lineSmoothness": 0, "xAxisScaleType": "linear",
+            "scaleType": "linear", "range": {}, "xAxisKey": "metric", "selectedXAxisMetricKey": record.TOKENS,
+            "yAxisKey": "metric", "yAxisExpressions": [], "ignoreOutliers": False,
+            "useGlobalXaxisKey": True, "useGlobalLineSmoothing": True}
+
+
+def curves_view() -> dict[str, Any]:
+    """The shared view datgpt stores on each experiment (tag :data:`analysis.record.TAG_CURVES_VIEW`), as
+    MLflow 3.17's runs page reads it: child runs only, grouped by arm with one curve per run, charts of
+    the losses first, then the diagnostics summaries, optimization and speed, all against `tokens`.
+
+    MLflow otherwise orders chart sections alphabetically by the metric name before its last "/" and
+    draws against the step; its per-experiment chart layout lives in the browser only, so a shared view
+    is the one layout a link can carry. Grouped values are off: MLflow's group averages map a metric
+    x axis by position, which misplaces `val/loss` (logged at fewer steps than `tokens`)."""
+    charts, sections = [], []
+    for i, (name, metrics) in enumerate(CURVES_VIEW_SECTIONS):
+        section = f"datgpt-section-{i}"
+        sections.append({"uuid": section, "name": name, "display": True, "isReordered": True})
+        charts += [_line_chart(f"datgpt-chart-{metric}", section, metric) for metric in metrics]
+    return {
+        "searchFilter": f"tags.`{record.TAG_ROLE}` = '{record.ROLE_CHILD}'",
+        "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": record.TAG_ARM}]},
+        "useGroupedValuesInCharts": False,
+        "hideEmptyCharts": True,
+        "compareRunCharts": charts,
+        "compareRunSections": sections,
+        "isAccordionReordered": True,
+        "globalLineChartConfig": {"xAxisKey": "metric", "selectedXAxisMetricKey": record.TOKENS, "lineSmoothness": 0},
+    }
+
+
+def curves_view_json() -> str:
+    return json.dumps(curves_view(), separators=(",", ":"))
 
 
 class Tracker:
@@ -262,7 +346,8 @@ class Tracker:
             if experiment is None:
                 try:
                     return self.client.create_experiment(
-                        name, tags={record.TAG_EXPERIMENT_KIND: record.EXPERIMENT_KIND_TRAINING})
+                        name, tags={record.TAG_EXPERIMENT_KIND: record.EXPERIMENT_KIND_TRAINING,
+                                    record.TAG_CURVES_VIEW: curves_view_json()})
                 except Exception:  # created meanwhile by another process (a server has no lock)
                     experiment = self.client.get_experiment_by_name(name)
                     if experiment is None:
@@ -274,6 +359,9 @@ class Tracker:
         if record.TAG_EXPERIMENT_KIND not in experiment.tags:  # made before datgpt set it
             self.client.set_experiment_tag(experiment.experiment_id, record.TAG_EXPERIMENT_KIND,
                                            record.EXPERIMENT_KIND_TRAINING)
+        view = curves_view_json()
+        if experiment.tags.get(record.TAG_CURVES_VIEW) != view:  # made by an older datgpt, or before views
+            self.client.set_experiment_tag(experiment.experiment_id, record.TAG_CURVES_VIEW, view)
         return experiment.experiment_id
 
     def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
@@ -302,7 +390,15 @@ class Tracker:
     def runs_url(self, experiment_id: str) -> str:
         """Where the experiment's runs table opens: the server itself, or `mlflow ui`'s default address for a
         local store (with the command that serves it)."""
-        page = f"#/experiments/{experiment_id}?workflowType=machine_learning"
+        return self._url(f"#/experiments/{experiment_id}?workflowType=machine_learning")
+
+    def curves_url(self, experiment_id: str) -> str:
+        """Where the experiment's training curves open: the runs page in chart mode with the shared view
+        :func:`curves_view` (losses first, against tokens, one curve per run, grouped by arm)."""
+        return self._url(f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+                         f"&viewStateShareKey={record.CURVES_VIEW_KEY}&compareRunsMode=CHART")
+
+    def _url(self, page: str) -> str:
         if self.uri.startswith(("http://", "https://")):
             return f"{self.uri.rstrip('/')}/{page}"
         serve = "mlflow ui" if self.uri == "sqlite:///mlflow.db" else f"mlflow ui --backend-store-uri {self.uri}"

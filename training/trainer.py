@@ -200,7 +200,8 @@ def train_arm(arm: ArmConfig, seed: int, splits: Splits, dist: DistInfo, logger,
     Logs to `logger`; writes checkpoints per `checkpoints` (rank 0); stops with `Preempted` after a
     checkpoint when `stop` is set, and with `TrainingDiverged` (before any checkpoint of that step)
     on a non-finite loss. With `diagnostics`, rank 0 also logs the hypersphere diagnostics
-    (training/diagnostics.py) of the first validation windows at every evaluation. Returns the
+    (training/diagnostics.py) of the first validation windows at every evaluation: their summary as
+    metrics, the per-layer values as the artifact `diagnostics/step_XXXXXXXX.json`. Returns the
     evaluation curve."""
     wall_start = time.perf_counter()
     runtime = runtime or resolve_runtime(arm, dist)
@@ -259,7 +260,9 @@ def train_arm(arm: ArmConfig, seed: int, splits: Splits, dist: DistInfo, logger,
 
             with runtime.autocast:
                 result.diagnostics = compute_diagnostics(model, val_x[:DIAGNOSTIC_WINDOWS].to(runtime.device))
-            metrics.update(result.diagnostics.scalars)
+            metrics.update(result.diagnostics.summary())  # a few metrics; the per-layer values as a table
+            logger.log_text(result.diagnostics.table_json(step, step * tokens_per_step),
+                            record.diagnostics_artifact(step))
         return metrics
 
     def save(step: int, branch: bool = False) -> str | None:
