@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -196,8 +196,9 @@ class RunLogger:
                 self._buffer.clear()
             except Exception as err:
                 self.last_error = err
+        kept_artifacts = (self.unsynced_dir / self.run_id).is_dir()  # sync uploads them with the record
         try:
-            if not self._buffer:
+            if not self._buffer and not kept_artifacts:
                 self.client.set_terminated(self.run_id, status=status)
                 return None
         except Exception as err:
