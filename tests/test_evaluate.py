@@ -302,14 +302,28 @@ def test_eval_section_evaluates_both_arms_at_the_same_tokens_and_reports(tmp_pat
 # ----------------------------------------------------------------------------- python -m training.evaluate
 
 
-@pytest.fixture
-def run_with_checkpoint(tmp_path, monkeypatch):
-    """An MLflow child run (sqlite in tmp_path) and its finished nGPT checkpoint at step 5 (1,280 tokens)."""
+def _save_tiny_checkpoint(root: Path, run_id: str) -> Path:
+    """A finished nGPT checkpoint at step 5 (1,280 tokens) of child run `run_id`."""
     from dataclasses import asdict
 
-    from mlflow import MlflowClient
-
     from training.checkpoint import save_checkpoint
+
+    model = tiny("ngpt", torch.float32)
+    folder = root / "checkpoints" / "cli" / "parent" / "ngpt-seed0"
+    return save_checkpoint(folder, 5, {"model": model.state_dict(), "model_config": asdict(model.config),
+                                       "tokens": 1280, "finished": True, "run_id": run_id, "arm": "ngpt", "seed": 0}, 1)
+
+
+@pytest.fixture
+def checkpoint(tmp_path, monkeypatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return _save_tiny_checkpoint(tmp_path, "f" * 32)
+
+
+@pytest.fixture
+def run_with_checkpoint(tmp_path, monkeypatch):
+    """An MLflow child run (sqlite in tmp_path) and its checkpoint."""
+    from mlflow import MlflowClient
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -317,11 +331,7 @@ def run_with_checkpoint(tmp_path, monkeypatch):
     client = MlflowClient(uri)
     run_id = client.create_run(client.create_experiment("cli"), tags={"datgpt.arm": "ngpt"}).info.run_id
     client.log_metric(run_id, "tokens", 1280.0, step=5)
-    model = tiny("ngpt", torch.float32)
-    folder = tmp_path / "checkpoints" / "cli" / "parent" / "ngpt-seed0"
-    path = save_checkpoint(folder, 5, {"model": model.state_dict(), "model_config": asdict(model.config),
-                                       "tokens": 1280, "finished": True, "run_id": run_id, "arm": "ngpt", "seed": 0}, 1)
-    return client, run_id, path
+    return client, run_id, _save_tiny_checkpoint(tmp_path, run_id)
 
 
 def test_evaluate_command_prints_and_logs_to_the_run(run_with_checkpoint, tmp_path, capsys, one_thread):
@@ -349,6 +359,15 @@ def test_evaluate_command_prints_and_logs_to_the_run(run_with_checkpoint, tmp_pa
     artifact = eval_results_artifact(5, ["verdict_choice"])
     assert artifact in {a.path for a in client.list_artifacts(run_id, "eval")}
 
+    assert main(["--run", "0" * 32, "--tasks", "verdict_choice"]) == 2  # a run the store does not have
+    assert capsys.readouterr().err == f"error: --run: no run {'0' * 32} in the tracking store {mlflow_uri()}\n"
+
+
+def mlflow_uri() -> str:
+    import mlflow
+
+    return mlflow.get_tracking_uri()
+
 
 @pytest.mark.parametrize("args,message", [
     (["--tasks", "verdict_choice", "--limit", "0"], "error: --limit: must be at least 1, got 0"),
@@ -356,33 +375,31 @@ def test_evaluate_command_prints_and_logs_to_the_run(run_with_checkpoint, tmp_pa
     (["--tasks", " , "], "error: --tasks: give at least one lm-eval task"),
     (["--tasks", "verdict_choise"], "error: --tasks: unknown lm-eval task 'verdict_choise' (did you mean verdict_choice?)"),
 ])
-def test_evaluate_command_bad_input_is_one_line(run_with_checkpoint, capsys, args, message):
+def test_evaluate_command_bad_input_is_one_line(checkpoint, capsys, args, message):
     from training.evaluate import main
 
-    _, _, path = run_with_checkpoint
-    code = main(["--checkpoint", str(path), "--no-progress", *args])
+    code = main(["--checkpoint", str(checkpoint), "--no-progress", *args])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith(message) and err.count("\n") == 1, err
 
 
-def test_evaluate_command_missing_checkpoint_or_run(run_with_checkpoint, capsys):
+def test_evaluate_command_missing_checkpoint(checkpoint, capsys):
     from training.evaluate import main
 
     assert main(["--checkpoint", "nope/gpt", "--tasks", "verdict_choice"]) == 2
     assert capsys.readouterr().err.startswith("error: --checkpoint: nope/gpt: no checkpoints of experiment 'nope'")
-    assert main(["--run", "0" * 32, "--tasks", "verdict_choice"]) == 2
-    assert capsys.readouterr().err.startswith(f"error: --run: no run {'0' * 32} in the tracking store")
+    assert main(["--run", "not-a-run", "--tasks", "verdict_choice"]) == 2
+    assert capsys.readouterr().err == "error: --run: 'not-a-run' is not an MLflow run id (32 hex digits)\n"
 
 
-def test_hub_task_offline_fails_with_one_line_naming_task_and_network(run_with_checkpoint, capsys, monkeypatch):
+def test_hub_task_offline_fails_with_one_line_naming_task_and_network(checkpoint, capsys, monkeypatch):
     import training.shards
     from training.evaluate import main
 
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(training.shards, "_hub_unreachable", lambda timeout=5.0: "huggingface.co:443: unreachable")
-    _, _, path = run_with_checkpoint
-    assert main(["--checkpoint", str(path), "--tasks", "verdict_choice,arc_easy", "--no-progress"]) == 2
+    assert main(["--checkpoint", str(checkpoint), "--tasks", "verdict_choice,arc_easy", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: task arc_easy: its data is on the Hugging Face Hub, "
                                                    "which this machine cannot reach (network: huggingface.co:443")

@@ -135,6 +135,14 @@ def _console(progress: bool):
                     print(line, file=sys.stderr)
 
 
+def _datgpt_commit() -> str:
+    from pathlib import Path
+
+    from training.tracking import git_commit
+
+    return git_commit(Path(__file__).resolve().parents[1])
+
+
 @contextlib.contextmanager
 def _patched(module, name: str, value):
     before = getattr(module, name)
@@ -192,8 +200,12 @@ def evaluate_model(model: torch.nn.Module, names: list[str], *, manager=None, li
                   progress=progress)
     skip_env = (not env_info and hasattr(lm_eval.evaluator, "add_env_info")
                 and _patched(lm_eval.evaluator, "add_env_info", lambda storage: None))
+    # lm-eval records the git commit of the working folder (and git prints "fatal: not a git repository"
+    # outside one); the results record datgpt's own commit instead, as the runs' datgpt.git_commit tag does
+    own_commit = (hasattr(lm_eval.evaluator, "get_git_commit_hash")
+                  and _patched(lm_eval.evaluator, "get_git_commit_hash", _datgpt_commit))
     with _random_state_kept(), _quiet(), _console(progress), _no_worker_processes(), \
-            (skip_env or contextlib.nullcontext()):
+            (skip_env or contextlib.nullcontext()), (own_commit or contextlib.nullcontext()):
         results = simple_evaluate(model=lm, tasks=list(names), task_manager=manager, limit=limit, log_samples=False,
                                   bootstrap_iters=BOOTSTRAP_ITERS)
     results.pop("samples", None)
