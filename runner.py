@@ -107,6 +107,11 @@ def dry_run(cfg, splits) -> None:
         print(f"data: {splits.source} -> {splits.train.numel():,} train / {splits.val.numel():,} validation tokens "
               f"({cfg.tokenizer})")
     print(f"shared: {yaml.safe_dump({'data': dataclasses.asdict(cfg.data), 'tracking': dataclasses.asdict(cfg.tracking)}, sort_keys=False).strip()}")
+    if cfg.eval.active:
+        e = cfg.eval
+        when = f"at step 0, every {e.every_tokens:,} tokens and at the end" if e.every_tokens else "at the end"
+        print(f"downstream (lm-eval): {', '.join(e.tasks)} {when}; "
+              f"{f'at most {e.limit} documents per task' if e.limit else 'all documents'}, batch {e.batch_size}")
     for arm in cfg.arms:
         with torch.device("meta"):
             model = build_model(arm.model)

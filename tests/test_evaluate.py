@@ -403,3 +403,14 @@ def test_hub_task_offline_fails_with_one_line_naming_task_and_network(checkpoint
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: task arc_easy: its data is on the Hugging Face Hub, "
                                                    "which this machine cannot reach (network: huggingface.co:443")
+
+
+def test_dry_run_shows_the_eval_plan(tmp_path, monkeypatch, capsys, data_dir):
+    import runner
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "tiny_eval.yaml"
+    path.write_text(yaml.safe_dump(TINY_EVAL, sort_keys=False))
+    assert runner.main([str(path), "--dry-run"]) == 0
+    assert ("downstream (lm-eval): verdict_lambada, verdict_choice at step 0, every 1,024 tokens and at the end; "
+            "at most 6 documents per task, batch 8") in capsys.readouterr().out
