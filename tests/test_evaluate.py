@@ -414,3 +414,35 @@ def test_dry_run_shows_the_eval_plan(tmp_path, monkeypatch, capsys, data_dir):
     assert runner.main([str(path), "--dry-run"]) == 0
     assert ("downstream (lm-eval): verdict_lambada, verdict_choice at step 0, every 1,024 tokens and at the end; "
             "at most 6 documents per task, batch 8") in capsys.readouterr().out
+
+
+def test_accuracy_table_means_over_seeds_with_t_intervals():
+    import pandas as pd
+    from scipy import stats
+
+    from analysis.accuracy import accuracy_table, eval_tasks, format_accuracy_table
+
+    rows = []
+    values = {("gpt", 0): 0.50, ("gpt", 1): 0.60, ("gpt", 2): 0.70, ("ngpt", 0): 0.80}
+    for (arm, seed), final in values.items():
+        run = f"{arm}{seed}"
+        for step, tokens, acc in [(0, 0.0, 0.25), (4, 1024.0, final)]:
+            rows += [dict(run_id=run, arm=arm, seed=seed, budget=1024, context_length=32, step=step, tokens=tokens,
+                          metric=eval_metric("task_a", "acc"), value=acc),
+                     dict(run_id=run, arm=arm, seed=seed, budget=1024, context_length=32, step=step, tokens=tokens,
+                          metric=eval_metric("task_a", "acc_stderr"), value=0.05),
+                     dict(run_id=run, arm=arm, seed=seed, budget=1024, context_length=32, step=step, tokens=tokens,
+                          metric=eval_metric("task_b", "perplexity"), value=10.0 - step)]
+    frame = pd.DataFrame(rows)
+    assert eval_tasks(frame) == {"task_a": "acc", "task_b": "perplexity"}  # acc first; else the first metric
+    table = accuracy_table(frame, ["gpt", "ngpt"])
+    gpt = table[(table.task == "task_a") & (table.arm == "gpt")].iloc[0]
+    half = stats.t.ppf(0.975, 2) * 0.1 / 3 ** 0.5  # sd of 0.5, 0.6, 0.7 is 0.1
+    assert gpt["mean"] == pytest.approx(0.6) and gpt["n_seeds"] == 3 and gpt["interval"] == "t over 3 seeds"
+    assert gpt["ci_high"] - gpt["mean"] == pytest.approx(half)
+    ngpt = table[(table.task == "task_a") & (table.arm == "ngpt")].iloc[0]
+    assert ngpt["mean"] == 0.8 and ngpt["ci_high"] - 0.8 == pytest.approx(1.959964 * 0.05, rel=1e-5)
+    avg = table[(table.task == "average") & (table.arm == "gpt")].iloc[0]
+    assert avg["mean"] == pytest.approx((0.6 + 6.0) / 2)
+    md = format_accuracy_table(table)
+    assert "| task_a | acc | 0.600 ± 0.248 | 0.800 ± 0.098 |" in md and "t over 3 seeds" in md
