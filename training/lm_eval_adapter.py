@@ -29,8 +29,7 @@ Batching: requests are sorted by length (longest first; ties by the tokens) and 
 ``batch_size`` at a time, right-padded; padded positions come after every scored position and
 causal attention never lets them in, so they change nothing but floating-point rounding (batch size
 1 and 7 agree within 1e-5 in float32 and 1e-10 in float64, tested; on one CPU thread they were equal).
-Results come back
-in request order. The model is put in eval mode for each call and its mode restored afterwards. On
+Results come back in request order. The model is put in eval mode for each call and its mode restored afterwards. On
 CUDA ``autocast`` (e.g. ``Runtime.autocast``) may be given; the log-softmax is taken in float32 (or
 the logits' dtype if wider).
 
