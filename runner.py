@@ -146,6 +146,11 @@ def dry_run(cfg, splits, runtimes: dict, world_size: int = 1) -> None:
         for key, values in differences:
             print("  " + "  ".join([f"{key:{width}s}", *(f"{v:{w}s}" for v, w in zip(values, widths))]).rstrip())
 
+    if cfg.eval.active:
+        e = cfg.eval
+        when = f"at step 0, every {e.every_tokens:,} tokens and at the end" if e.every_tokens else "at the end"
+        print(f"downstream (lm-eval): {', '.join(e.tasks)} {when}; "
+              f"{f'at most {e.limit} documents per task' if e.limit else 'all documents'}, batch {e.batch_size}")
     for arm in cfg.arms:
         with torch.device("meta"):
             model = build_model(arm.model)

@@ -358,7 +358,8 @@ def load_experiment(
         tracking_uri: MLflow tracking URI; default ``MLFLOW_TRACKING_URI``, else MLflow's default.
         include_unfinished: also load RUNNING/FAILED/KILLED child runs (default: skip them with a
             warning).
-        metrics: metric keys to load (default: all); ``val/loss`` is always loaded.
+        metrics: metric keys to load (default: all); ``val/loss`` is always loaded; a key ending in
+            ``/`` loads every metric under it (``eval/``).
 
     Raises:
         TrackingStoreError: the store does not exist or cannot be read.
@@ -575,7 +576,9 @@ def _run_frame(client: "MlflowClient", r: "Run", meta: dict[str, Any], experimen
         _warn(f"{_run_label(r)} logged no '{record.TOKENS}' metric; its tokens are NaN")
     wanted = [k for k in keys if k not in (record.TOKENS, record.ELAPSED_S)]
     if metrics is not None:
-        wanted = [k for k in wanted if k in set(metrics) | {record.VAL_LOSS}]
+        prefixes = tuple(m for m in metrics if m.endswith("/"))  # "eval/": every metric under it
+        wanted = [k for k in wanted
+                  if k in set(metrics) | {record.VAL_LOSS} or (prefixes and k.startswith(prefixes))]
     parts = []
     for key in wanted:
         steps, values = _history(client, r.info.run_id, key)

@@ -19,13 +19,20 @@ The layout, one MLflow experiment per experiment YAML (``name`` or ``tracking.ex
   Metrics against the optimizer step, with :data:`TOKENS` logged at the same steps; of the hypersphere
   diagnostics only a few summaries (:data:`DIAG_SUMMARY`) are metrics, the per-layer values are one
   table artifact per evaluation (:func:`diagnostics_artifact`) plus :data:`DIAGNOSTICS_ARTIFACT`.
+* **downstream accuracy** (lm-evaluation-harness, training/downstream.py), in a child run: metrics
+  ``eval/<task>/<metric>`` (:func:`eval_metric`) at the optimizer step the model was evaluated at, with
+  the run's ``tokens`` at the same step; ``<metric>`` is lm-eval's metric name with its filter
+  (:func:`metric_from_lm_eval`: ``acc``, ``acc_norm``, ``acc_stderr``, ``exact_match_strict-match``); the
+  full lm-eval results (no per-document samples) as the JSON artifact :func:`eval_results_artifact`.
 * **experiment tags**: :data:`TAG_EXPERIMENT_KIND` (MLflow opens the runs, not GenAI traces) and
   :data:`TAG_CURVES_VIEW` (the shared view of the runs page that shows the losses against tokens first).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import re
 
 # ------------------------------------------------------------------ run roles and their tag values
 TAG_ROLE = "datgpt.role"
@@ -160,3 +167,42 @@ def answer_metric(arm: str, quantity: str, target: float | None = None,
     parts.append(str(arm))
     name = "/".join(parts) + f"/{quantity}"
     return name if target is None else f"{name}_at_{target_label(target)}"
+
+
+# ------------------------------------------------------------------ downstream accuracy (child metrics and artifacts)
+EVAL_PREFIX = "eval"  # metrics eval/<task>/<metric>
+EVAL_RESULTS_DIR = "eval"  # artifact folder of the lm-eval results JSON files
+STDERR_SUFFIX = "_stderr"  # lm-eval's standard error of a metric: <metric>_stderr
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.\- ]")  # what an MLflow metric name may not hold (besides "/")
+
+
+def eval_metric(task: str, metric: str) -> str:
+    """``eval/<task>/<metric>``: the MLflow metric of one downstream task and metric (characters MLflow
+    does not allow in a name become ``_``; a ``/`` in either part too, so the name splits back)."""
+    return f"{EVAL_PREFIX}/{_UNSAFE.sub('_', task)}/{_UNSAFE.sub('_', metric)}"
+
+
+def parse_eval_metric(name: str) -> tuple[str, str] | None:
+    """``(task, metric)`` of an ``eval/<task>/<metric>`` name, else None."""
+    parts = name.split("/")
+    if len(parts) == 3 and parts[0] == EVAL_PREFIX and parts[1] and parts[2]:
+        return parts[1], parts[2]
+    return None
+
+
+def metric_from_lm_eval(key: str) -> str:
+    """lm-eval's result key ``<metric>,<filter>`` -> the ``<metric>`` part of the MLflow name:
+    ``acc,none`` -> ``acc``, ``acc_stderr,none`` -> ``acc_stderr``, ``exact_match,strict-match`` ->
+    ``exact_match_strict-match``."""
+    metric, _, filter_name = key.partition(",")
+    return metric if filter_name in ("", "none") else f"{metric}_{filter_name}"
+
+
+def eval_results_artifact(step: int, tasks: list[str]) -> str:
+    """The artifact file of one evaluation's lm-eval results: ``eval/step_XXXXXXXX_<tasks>.json``
+    (the task names joined by ``+``, sorted; a hash when that is longer than 80 characters)."""
+    joined = "+".join(sorted(tasks))
+    if len(joined) > 80 or _UNSAFE.sub("", joined.replace("+", "")) != joined.replace("+", ""):
+        joined = "tasks-" + hashlib.sha256(joined.encode()).hexdigest()[:12]
+    return f"{EVAL_RESULTS_DIR}/step_{int(step):08d}_{joined}.json"

@@ -23,8 +23,8 @@ from analysis.summary import summarize
 
 __all__ = ["Report", "build_report", "summarize_experiment", "default_out_dir"]
 
-#: the metrics the summary and the built-in figures use (the others are not loaded)
-REPORT_METRICS = (record.VAL_LOSS, record.TRAIN_LOSS, record.LR)
+#: the metrics the summary and the built-in figures use (the others are not loaded); "eval/": downstream
+REPORT_METRICS = (record.VAL_LOSS, record.TRAIN_LOSS, record.LR, record.EVAL_PREFIX + "/")
 
 
 @dataclass
@@ -259,6 +259,12 @@ def build_report(
             report.skipped_figures = figs.skipped
         written += write_tables(summary, tmp, experiment=experiment)
         written += _sweep_outputs(data, summary, report, tmp, figures, level, n_resamples, seed)
+        from analysis.accuracy import write_accuracy_outputs  # only when eval/<task>/<metric> were logged
+
+        accuracy_files, accuracy_skipped = write_accuracy_outputs(
+            data.frame, data.arms, data.baseline_arm, tmp, experiment=experiment, figures=figures, level=level)
+        written += accuracy_files
+        report.skipped_figures += accuracy_skipped
         if figures:
             written += _diagnostic_figures(data, tmp)
         prov = tmp / "report.json"

@@ -19,7 +19,8 @@ def _names() -> set[str]:
 
 
 def _prefixes() -> tuple[str, ...]:
-    return ("datgpt.", f"{record.DIAG_PREFIX}/", record.DIAG_SUMMARY_PREFIX, f"{record.ANSWER_PREFIX}/")
+    return ("datgpt.", f"{record.DIAG_PREFIX}/", record.DIAG_SUMMARY_PREFIX, f"{record.ANSWER_PREFIX}/",
+            f"{record.EVAL_PREFIX}/")
 
 
 def _literals(path: Path) -> list[tuple[int, str]]:

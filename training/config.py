@@ -139,6 +139,37 @@ class CheckpointConfig:
     keep_last: int = 2  # checkpoints kept per arm and seed (older ones are deleted)
 
 
+@dataclass
+class EvalConfig:
+    """`eval`: downstream accuracy through lm-evaluation-harness while training (training/downstream.py;
+    needs `pip install -e ".[eval]"`). Every arm and seed is evaluated by the same rule as
+    `train.eval_every_tokens`, so arms with the same tokens per step are evaluated at the same token
+    counts; the metrics go to the child run as `eval/<task>/<metric>`. Off unless `tasks` is set."""
+
+    tasks: list[str] = field(default_factory=list)  # lm-eval task names or tags, e.g. [verdict_lambada, arc_easy]; [] = off
+    every_tokens: int = 0  # evaluate at step 0, every this many training tokens and at the end; 0 = at the end only
+    limit: int | None = None  # at most this many documents per task (lm-eval's --limit); null = all
+    batch_size: int = 16  # sequences per forward pass of the evaluation
+
+    @property
+    def active(self) -> bool:
+        return bool(self.tasks)
+
+
+def _build_eval(raw: Any) -> EvalConfig:
+    cfg = _build(EvalConfig, raw, "eval")
+    for i, task in enumerate(cfg.tasks):
+        if not task.strip() or task != task.strip() or "," in task:
+            raise ConfigError(f"eval.tasks[{i}]: {task!r} is not an lm-eval task name")
+    if len(set(cfg.tasks)) != len(cfg.tasks):
+        raise ConfigError(f"eval.tasks: duplicate tasks in {cfg.tasks}")
+    _positive("eval.every_tokens", cfg.every_tokens, allow_zero=True)
+    if cfg.limit is not None:
+        _positive("eval.limit", cfg.limit)
+    _positive("eval.batch_size", cfg.batch_size)
+    return cfg
+
+
 SWEEP_METHODS = ("full", "cooldown", "both")
 
 
@@ -196,6 +227,7 @@ class ExperimentConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)  # downstream accuracy while training (off by default)
     baseline: str | None = None  # the arm speedups are measured against; None = the first plain GPT arm
     source: str = ""  # the YAML file it was loaded from
 
@@ -225,6 +257,7 @@ class ExperimentConfig:
             "checkpoint": dataclasses.asdict(self.checkpoint),
             "arms": {a.name: arm_to_dict(a) for a in self.arms},
             **({"sweep": dataclasses.asdict(self.sweep)} if self.sweep.active else {}),
+            **({"eval": dataclasses.asdict(self.eval)} if self.eval.active else {}),
             **({"baseline": self.baseline} if self.baseline is not None else {}),
         }
 
@@ -289,7 +322,7 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 SHARED_SECTIONS = {"model": ModelConfig, "train": TrainConfig, "optim": OptimConfig}
 ARM_KEYS = (*SHARED_SECTIONS, "init_from", "enabled")  # what an arm may set
 TOP_LEVEL_KEYS = {"name", "seeds", "data", "tokenizer", "model", "train", "optim", "arms", "targets", "tracking",
-                  "checkpoint", "sweep", "baseline"}
+                  "checkpoint", "sweep", "baseline", "eval"}
 CHOICES = {
     "train.precision": ("auto", "bf16", "fp32"),
     "train.compile": ("auto", "on", "off"),
@@ -566,9 +599,10 @@ def build_experiment(raw: dict, source: str = "") -> ExperimentConfig:
     if baseline is not None and baseline not in arms_raw:
         raise ConfigError(f"baseline: {baseline!r} is not an arm{_did_you_mean(baseline, list(arms_raw))}")
     sweep = _build_sweep(raw.get("sweep"), arms, seeds, checkpoint)
+    eval_cfg = _build_eval(raw.get("eval"))
     return ExperimentConfig(name=name.strip(), arms=arms, seeds=seeds, data=data, tokenizer=tokenizer,
                             targets=targets, tracking=tracking, checkpoint=checkpoint, sweep=sweep,
-                            baseline=baseline, source=source)
+                            eval=eval_cfg, baseline=baseline, source=source)
 
 
 def _did_you_mean(word: str, choices: list[str]) -> str:

@@ -133,7 +133,8 @@ def _child_params(cfg: ExperimentConfig, arm: ArmConfig, seed: int, runtime, pea
             "derived.tokens_trained": arm.steps() * arm.tokens_per_step(),
             "derived.world_size": dist.world_size, "derived.device": str(runtime.device),
             "derived.precision": runtime.precision, "derived.compile": runtime.compile,
-            "derived.peak_flops": peak, "derived.torch_version": torch.__version__}
+            "derived.peak_flops": peak, "derived.torch_version": torch.__version__,
+            **(flatten({"eval": resolved["eval"]}) if cfg.eval.active else {})}
 
 
 def run_experiment(cfg: ExperimentConfig, splits: Splits, dist: DistInfo, *, progress: bool = True,
@@ -158,6 +159,7 @@ def run_experiment(cfg: ExperimentConfig, splits: Splits, dist: DistInfo, *, pro
     elif resume not in ("auto", "never"):
         raise UsageError("--resume: checkpoint.enabled is false in this experiment, so there is nothing to resume")
     init_sources = _resolve_init_from(cfg, invocation)  # every rank: each loads the weights it starts from
+    eval_tasks = _check_eval_tasks(cfg) if dist.is_main else None  # before anything is logged
     barrier(dist)  # every rank has decided the same before rank 0 creates anything
 
     tracker = parent_id = experiment_id = None
@@ -202,6 +204,7 @@ def run_experiment(cfg: ExperimentConfig, splits: Splits, dist: DistInfo, *, pro
 
     session = _Session(cfg, splits, dist, runtimes, invocation, init_sources, tracker, parent_id, experiment_id,
                        progress, stop)
+    session.eval_tasks = eval_tasks
     status = "FINISHED"
     try:
         best = session.search_learning_rates()
@@ -258,6 +261,7 @@ class _Session:
         self.results: dict[str, ArmResult | None] = {}  # unit key -> result (None: the run diverged)
         self.run_ids: dict[str, str] = {}  # unit key -> MLflow child run id (rank 0)
         self.peak_cache: dict = {}
+        self.eval_tasks = None  # lm-eval's TaskManager when the experiment has an `eval` section (rank 0)
 
     def search_learning_rates(self) -> dict[tuple[str, int | None], float]:
         """Stage 1 of a sweep with `sweep.lr`: train the grid, choose, tag and report the choice."""
@@ -359,7 +363,8 @@ class _Session:
             result = train_arm(arm, seed, self.splits, dist, logger, runtime=runtime, peak_flops=peak,
                                progress=self.progress, checkpoints=plan, resume=state or branch_state, stop=self.stop,
                                init_state=pretrained.weights() if pretrained is not None else None,
-                               desc=unit.label, diagnostics=cfg.tracking.log_diagnostics)
+                               desc=unit.label, diagnostics=cfg.tracking.log_diagnostics,
+                               downstream=self._downstream(runtime, child_id))
         except TrainingDiverged as err:  # this unit stops; the others still run
             if dist.is_main:
                 print(f"\nwarning: {err}; run marked FAILED", file=sys.stderr)
@@ -387,6 +392,34 @@ class _Session:
         if branch_state is not None and dist.is_main:  # its own final checkpoint marks it done: free the disk
             branch_path(self.invocation.folder / unit.branch_of, unit.branch_step).unlink(missing_ok=True)
         return result
+
+    def _downstream(self, runtime, child_id: str | None):
+        """The `eval` section's plan for one child run (rank 0), logging each results JSON to it."""
+        if self.eval_tasks is None or child_id is None:
+            return None
+        from analysis.record import eval_results_artifact
+        from training.downstream import DownstreamPlan, results_json
+
+        e = self.cfg.eval
+
+        def log_results(step: int, results: dict) -> None:
+            self.tracker.log_text(child_id, results_json(results), eval_results_artifact(step, e.tasks))
+
+        return DownstreamPlan(tasks=list(e.tasks), every_tokens=e.every_tokens, limit=e.limit, batch_size=e.batch_size,
+                              manager=self.eval_tasks, device=runtime.device, autocast=runtime.autocast,
+                              tokenizer=self.cfg.tokenizer, log_results=log_results)
+
+
+def _check_eval_tasks(cfg: ExperimentConfig):
+    """lm-eval's TaskManager for the `eval` section, every task's data loaded once; None without one."""
+    if not cfg.eval.active:
+        return None
+    from training.downstream import EvalSetupError, check_tasks
+
+    try:
+        return check_tasks(cfg.eval.tasks, option="eval.tasks")
+    except EvalSetupError as err:
+        raise UsageError(str(err)) from None
 
 
 def _end_of_run(tracker: Tracker, cfg: ExperimentConfig, arm: ArmConfig, seed: int, result: ArmResult,

@@ -191,7 +191,7 @@ def train_arm(arm: ArmConfig, seed: int, splits: Splits, dist: DistInfo, logger,
               runtime: Runtime | None = None, peak_flops: float | None = None, progress: bool = True,
               checkpoints: CheckpointPlan | None = None, resume: dict | None = None,
               stop: StopFlag | None = None, init_state: dict | None = None, desc: str | None = None,
-              diagnostics: bool = False) -> ArmResult:
+              diagnostics: bool = False, downstream=None) -> ArmResult:
     """Train one arm with one seed, from scratch or from a checkpoint's `resume` state.
 
     `init_state` (a model state dict, e.g. a pretrained checkpoint's "model") replaces the fresh
@@ -201,8 +201,10 @@ def train_arm(arm: ArmConfig, seed: int, splits: Splits, dist: DistInfo, logger,
     checkpoint when `stop` is set, and with `TrainingDiverged` (before any checkpoint of that step)
     on a non-finite loss. With `diagnostics`, rank 0 also logs the hypersphere diagnostics
     (training/diagnostics.py) of the first validation windows at every evaluation: their summary as
-    metrics, the per-layer values as the artifact `diagnostics/step_XXXXXXXX.json`. Returns the
-    evaluation curve."""
+    metrics, the per-layer values as the artifact `diagnostics/step_XXXXXXXX.json`. `downstream` (rank 0;
+    e.g. training/downstream.py's `DownstreamPlan`) has `due(step, steps, tokens_per_step)` and is called
+    as `downstream(model, step) -> metrics` when due, after the validation loss; its time, like the
+    evaluations', is not training time. Returns the evaluation curve."""
     wall_start = time.perf_counter()
     runtime = runtime or resolve_runtime(arm, dist)
     t, o = arm.train, arm.optim
@@ -282,8 +284,15 @@ def train_arm(arm: ArmConfig, seed: int, splits: Splits, dist: DistInfo, logger,
             return str(save_branch(checkpoints.folder, step, state))
         return str(save_checkpoint(checkpoints.folder, step, state, checkpoints.keep_last))
 
+    def run_downstream(step: int) -> dict[str, float]:
+        if downstream is None or not downstream.due(step, steps, tokens_per_step):
+            return {}
+        metrics = downstream(model, step)
+        model.train()
+        return metrics
+
     if resume is None:
-        logger.log(0, {**run_eval(0), record.TOKENS: 0, record.ELAPSED_S: 0.0})
+        logger.log(0, {**run_eval(0), **run_downstream(0), record.TOKENS: 0, record.ELAPSED_S: 0.0})
     elif result.evals:
         postfix["val"] = f"{result.evals[-1].val_loss:.3f}"
     model.train()
@@ -348,6 +357,7 @@ def train_arm(arm: ArmConfig, seed: int, splits: Splits, dist: DistInfo, logger,
             window_tokens, window_seconds, window_steps = 0, 0.0, 0
         if _eval_due(step, steps, tokens_per_step, t.eval_every_tokens):
             metrics.update(run_eval(step))
+        metrics.update(run_downstream(step))
         if metrics:
             metrics.update({record.TOKENS: step * tokens_per_step, record.ELAPSED_S: train_seconds})
             logger.log(step, metrics)
