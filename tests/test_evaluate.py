@@ -398,7 +398,7 @@ def test_hub_task_offline_fails_with_one_line_naming_task_and_network(checkpoint
 
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(training.shards, "_hub_unreachable", lambda timeout=5.0: "huggingface.co:443: unreachable")
+    monkeypatch.setattr(training.shards, "hub_unreachable", lambda timeout=5.0: "huggingface.co:443: unreachable")
     assert main(["--checkpoint", str(checkpoint), "--tasks", "verdict_choice,arc_easy", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: task arc_easy: its data is on the Hugging Face Hub, "

@@ -70,3 +70,15 @@ def test_answer_metric_names_are_valid_mlflow_names():
     for name in (record.answer_metric("gpt_qk", "speedup_ci_low", 3.25, 256),
                  record.answer_metric("ngpt", "final_val_loss"), record.diag_metric("cond", "attn_q", "layer_00")):
         _validate_metric_name(name)
+
+
+def test_no_private_name_is_imported_from_another_module():
+    """Modules meet through public names only: no `from models|training|analysis.x import _name`."""
+    offences = []
+    for path in SOURCES:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in (
+                    "models", "training", "analysis"):
+                offences += [f"{path.relative_to(REPO)}:{node.lineno}: {node.module}.{a.name}" for a in node.names
+                             if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not offences, "private names imported across modules:\n" + "\n".join(offences)

@@ -386,7 +386,7 @@ def test_config_data_kinds_and_errors():
 
 def test_yaml_hf_offline_is_a_data_error_and_creates_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("DATGPT_DATA_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(shards, "_hub_unreachable", lambda timeout=5.0: "huggingface.co:443: no route")
+    monkeypatch.setattr(shards, "hub_unreachable", lambda timeout=5.0: "huggingface.co:443: no route")
     cfg = DataConfig(hf=HFDataConfig(name="HuggingFaceFW/fineweb", config="sample-10BT", max_tokens=2_000_000))
     with pytest.raises(DataError) as err:
         load_splits(cfg, "gpt2", 64)

@@ -80,9 +80,9 @@ def check_tasks(names: list[str], option: str = "--tasks") -> object:
             raise EvalSetupError(f"{option}: unknown lm-eval task {name!r}{hint}")
     remote = [n for n in names if not is_local(n)]
     if remote and _offline_env() is None:
-        from training.shards import _hub_unreachable
+        from training.shards import hub_unreachable
 
-        reason = _hub_unreachable()
+        reason = hub_unreachable()
         if reason is not None:
             raise EvalSetupError(
                 f"task {remote[0]}: its data is on the Hugging Face Hub, which this machine cannot reach "
@@ -261,9 +261,9 @@ class DownstreamPlan:
     log_results: object = None
 
     def due(self, step: int, steps: int, tokens_per_step: int) -> bool:
-        from training.trainer import _eval_due
+        from training.trainer import eval_due
 
-        return step == steps if self.every_tokens == 0 else _eval_due(step, steps, tokens_per_step, self.every_tokens)
+        return step == steps if self.every_tokens == 0 else eval_due(step, steps, tokens_per_step, self.every_tokens)
 
     def __call__(self, model: torch.nn.Module, step: int) -> dict[str, float]:
         results = evaluate_model(model, self.tasks, manager=self.manager, limit=self.limit,

@@ -79,9 +79,9 @@ def _load(args) -> tuple[torch.nn.Module, str, int | None, int | None]:
             pretrained = resolve(args.run, args.checkpoint_dir)
             model = pretrained.build_model()
         except PretrainedError as err:
-            from training.sample import _logged_model
+            from training.sample import logged_model
 
-            model = _logged_model(args.run)
+            model = logged_model(args.run)
             if model is None:
                 raise EvaluateError(f"--run: {err}; nor has the run a logged model") from None
             step, tokens = _last_step(args.run)
@@ -95,11 +95,11 @@ def _client():
     import mlflow
     from mlflow import MlflowClient
 
-    from analysis.load import TrackingStoreError, _check_local_store
+    from analysis.load import TrackingStoreError, check_local_store
 
     uri = mlflow.get_tracking_uri()
     try:
-        _check_local_store(uri)  # never create an empty store to log into
+        check_local_store(uri)  # never create an empty store to log into
     except TrackingStoreError as err:
         raise EvaluateError(f"--run: {err}") from None
     return MlflowClient(uri), uri

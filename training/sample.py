@@ -81,7 +81,7 @@ def _load(args) -> tuple[torch.nn.Module, str]:
         try:
             pretrained = resolve(run_id, args.checkpoint_dir)
         except PretrainedError as err:
-            model = _logged_model(run_id)
+            model = logged_model(run_id)
             if model is None:
                 raise SampleError(f"--run: {err}; nor has the run a logged model") from None
             return model, f"MLflow model runs:/{run_id}/model"
@@ -91,7 +91,7 @@ def _load(args) -> tuple[torch.nn.Module, str]:
     return model, where
 
 
-def _logged_model(run_id: str):
+def logged_model(run_id: str):
     """The model logged to an MLflow run (`runs:/RUN_ID/model`), or None."""
     try:
         import mlflow

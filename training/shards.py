@@ -275,7 +275,7 @@ class HFSource:
                     raise DataError(f"{self.label}: data file {f!r} does not exist")
         if not _needs_hub(self.name):
             return
-        reason = _hub_unreachable()
+        reason = hub_unreachable()
         if reason:
             raise DataError(f"{self.label}: cannot reach the Hugging Face Hub for {self.name!r} ({reason}); "
                             f"streaming needs internet. Offline, prepare local files instead "
@@ -453,7 +453,7 @@ def _needs_hub(name: str) -> bool:
     return name not in packaged and not Path(name).expanduser().exists()
 
 
-def _hub_unreachable(timeout: float = 5.0) -> str | None:
+def hub_unreachable(timeout: float = 5.0) -> str | None:
     """A reason the Hub cannot be reached, or None. Behind a proxy the check is left to `datasets`."""
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):

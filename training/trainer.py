@@ -162,7 +162,7 @@ def _crossed(step: int, tokens_per_step: int, every: int) -> bool:
     return every > 0 and (step * tokens_per_step) // every > ((step - 1) * tokens_per_step) // every
 
 
-def _eval_due(step: int, steps: int, tokens_per_step: int, every: int) -> bool:
+def eval_due(step: int, steps: int, tokens_per_step: int, every: int) -> bool:
     """Evaluate before training, whenever a multiple of `every` tokens is crossed, and at the end."""
     return step == 0 or step == steps or _crossed(step, tokens_per_step, every)
 
@@ -355,7 +355,7 @@ def train_arm(arm: ArmConfig, seed: int, splits: Splits, dist: DistInfo, logger,
                 metrics[record.MFU] = flops_per_token * tokens_per_s / (peak_flops * dist.world_size)
             postfix.update(loss=f"{train_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
             window_tokens, window_seconds, window_steps = 0, 0.0, 0
-        if _eval_due(step, steps, tokens_per_step, t.eval_every_tokens):
+        if eval_due(step, steps, tokens_per_step, t.eval_every_tokens):
             metrics.update(run_eval(step))
         metrics.update(run_downstream(step))
         if metrics:
