@@ -402,7 +402,8 @@ class Tracker:
     def _url(self, page: str) -> str:
         if self.uri.startswith(("http://", "https://")):
             return f"{self.uri.rstrip('/')}/{page}"
-        serve = "mlflow ui" if self.uri == "sqlite:///mlflow.db" else f"mlflow ui --backend-store-uri {self.uri}"
+        default = self.uri in ("sqlite:///mlflow.db", f"sqlite:///{Path.cwd() / 'mlflow.db'}")  # MLflow's own
+        serve = "mlflow ui" if default else f"mlflow ui --backend-store-uri {self.uri}"
         return f"http://127.0.0.1:5000/{page}  (after `{serve}` in this folder)"
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
