@@ -339,22 +339,38 @@ def test_dry_run_of_a_sweep_on_an_unprepared_hf_dataset(tmp_path, monkeypatch, c
     assert not (tmp_path / "data").exists() and not (tmp_path / "mlflow.db").exists()
 
 
-@pytest.mark.parametrize("args,message", [
+BAD_INPUT = [
     (["--set", "model.n_heads=3"], "error: model.n_heads: 3 does not divide n_embd=32"),
     (["--set", "train.tokenz=5"], "error: train.tokenz: unknown key (did you mean tokens?)"),
     (["--arms", "gpt,bert"], "error: --arms: unknown arm 'bert'"),
     (["--set", "data.path=/nonexistent/corpus.txt"], "error: data.path: no such file"),
     (["--set", "model.context_length=1024", "--set", "train.tokens=1e5"], "error: data.val_fraction: 0.1 of the-verdict.txt"),
     (["--nproc-per-node", "3"], "error: train.grad_accum_steps: 2 (arm gpt) is not divisible by --nproc-per-node 3"),
-])
-def test_bad_input_exits_2_with_one_line(tmp_path, args, message, data_dir):
+]
+
+
+@pytest.mark.parametrize("args,message", BAD_INPUT)
+def test_bad_input_exits_2_with_one_line(tmp_path, monkeypatch, capsys, args, message, data_dir):
+    """In process: runner.main returns 2 and writes one line; nothing is logged."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.chdir(tmp_path)
+    assert runner.main([str(write_yaml(tmp_path)), *args]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), err
+    assert not (tmp_path / "mlflow.db").exists()  # nothing logged
+
+
+def test_bad_input_in_a_real_process_is_one_line_and_exit_2(tmp_path, data_dir):
+    """The same through the command line, once: the exit code and stderr a shell sees, no traceback."""
+    args, message = BAD_INPUT[1]
     result = run_cli([str(write_yaml(tmp_path)), *args], tmp_path,
                      MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db")
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message), result.stderr
     assert "Traceback" not in result.stderr
-    assert not (tmp_path / "mlflow.db").exists()  # nothing logged
+    assert not (tmp_path / "mlflow.db").exists()
 
 
 def test_unreachable_server_is_reported_before_training(tmp_path, data_dir):

@@ -108,15 +108,9 @@ def test_server_lost_mid_run_and_back_loses_nothing(tmp_path, data_dir):
         _wait(lambda: _latest_step(tmp_path) >= min(lost_at + 60, STEPS - 20), proc, "training without a server")
         server.start()  # ... and comes back before the run ends
         out, err = proc.communicate(timeout=600)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        server.stop()
-    assert proc.returncode == 0, err[-3000:]
-    assert lost_at < STEPS - 60, "the outage must cover a batch hand-over: make the run longer"
+        assert proc.returncode == 0, err[-3000:]
+        assert lost_at < STEPS - 60, "the outage must cover a batch hand-over: make the run longer"
 
-    server.start()
-    try:
         unsynced = list((tmp_path / "mlflow-unsynced").glob("*.jsonl"))
         for path in unsynced:  # what could not be sent is kept locally: upload it as README says
             sync = subprocess.run([sys.executable, "-m", "training.tracking", "sync", str(path)], cwd=tmp_path,
@@ -135,4 +129,6 @@ def test_server_lost_mid_run_and_back_loses_nothing(tmp_path, data_dir):
         assert evals == [0, 50, 100, 150, 200]
         assert record.answer_metric("gpt", "final_val_loss") in parent.data.metrics
     finally:
+        if proc.poll() is None:
+            proc.kill()
         server.stop()
