@@ -77,10 +77,12 @@ def test_bf16_trains_and_resumes_exactly(tmp_path, kind, one_thread, data_dir):
     half = next(p for p in checkpoints_in(tmp_path / "ckpt") if p.stem == f"step_{steps // 2:08d}")
     state = torch.load(half, weights_only=True)
     rest = ListLogger()
-    train_arm(arm, 0, splits, DistInfo(), rest, progress=False, resume=state)
+    resumed = train_arm(arm, 0, splits, DistInfo(), rest, progress=False, resume=state)
     for key in (record.TRAIN_LOSS, record.VAL_LOSS):
         tail = {s: v for s, v in full.series(key).items() if s > steps // 2}
         assert rest.series(key) == tail, key
+    # the resumed run's result holds the whole curve: the evaluations before the checkpoint too
+    assert [(e.step, e.val_loss) for e in resumed.evals] == [(e.step, e.val_loss) for e in result.evals]
 
 
 def test_compiled_bf16_trains_both_arms(tmp_path, one_thread, data_dir):
