@@ -277,12 +277,12 @@ def to_latex(summary: pd.DataFrame, *, experiment: str | None = None,
     ]
     prev: dict[str, str] = {}
     for _, r in disp.iterrows():
-        group = (r.get("Context"), r["Target"])
+        group = (r.get("Context"), r.get("Target"))  # no Target column when there are no targets
         if prev and group != (prev.get("Context"), prev.get("Target")):
             lines.append("    \\addlinespace")
         same_ctx = bool(prev) and prev.get("Context") == r.get("Context")
         blank = {"Context"} if same_ctx else set()
-        if same_ctx and prev.get("Target") == r["Target"]:
+        if same_ctx and "Target" in cols and prev.get("Target") == r["Target"]:
             blank.add("Target")
         cells = ["" if c in blank else tex(r[c]) for c in cols]
         prev = {c: r[c] for c in cols}
