@@ -1,9 +1,11 @@
 """Compare two MLflow child runs' metric curves value by value (a reproducibility check).
 
-    python tools/compare_curves.py EXPERIMENT_A RUN_NAME_A EXPERIMENT_B RUN_NAME_B [--metrics val/loss,train/loss]
+    python tools/compare_curves.py EXPERIMENT_A RUN_NAME_A EXPERIMENT_B RUN_NAME_B [--context 64]
+                                   [--metrics val/loss,train/loss]
 
 Reads MLFLOW_TRACKING_URI (else sqlite:///mlflow.db). A run is found by its experiment and run name (the
-unit key, e.g. gpt-lr0.012-t32768-seed1; the newest FINISHED run of that name). Prints, per metric, the
+unit key, e.g. gpt-lr0.012-t32768-seed1; the newest FINISHED run of that name) and, with --context, its
+model.context_length (needed in a context-length series: every length has a run of the same key). Prints, per metric, the
 number of logged steps of each run and whether every value at every step is bitwise equal (float ==),
 else the first differing step and the largest absolute difference. Exit code 0 when all are identical,
 1 otherwise, 2 on a usage error (run not found).
@@ -16,15 +18,22 @@ import os
 import sys
 
 
-def _find(client, experiment: str, run_name: str):
+def _find(client, experiment: str, run_name: str, context: int | None):
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise LookupError(f"no experiment {experiment!r}")
-    runs = client.search_runs([exp.experiment_id], filter_string=f"attributes.run_name = '{run_name}'",
-                              order_by=["attributes.start_time DESC"])
+    query = f"attributes.run_name = '{run_name}'"
+    if context is not None:
+        query += f" and params.`model.context_length` = '{context}'"
+    runs = client.search_runs([exp.experiment_id], filter_string=query, order_by=["attributes.start_time DESC"])
     runs = [r for r in runs if r.info.status == "FINISHED"]
+    where = "" if context is None else f" at context length {context}"
     if not runs:
-        raise LookupError(f"no FINISHED run named {run_name!r} in experiment {experiment!r}")
+        raise LookupError(f"no FINISHED run named {run_name!r}{where} in experiment {experiment!r}")
+    contexts = {r.data.params.get("model.context_length") for r in runs}
+    if len(contexts) > 1:
+        raise LookupError(f"runs named {run_name!r} in {experiment!r} have context lengths {sorted(contexts)}: "
+                          f"pick one with --context")
     return runs[0]
 
 
@@ -34,13 +43,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_a")
     p.add_argument("experiment_b")
     p.add_argument("run_b")
+    p.add_argument("--context", type=int, default=None, help="model.context_length of both runs")
     p.add_argument("--metrics", default="val/loss,train/loss,train/grad_norm,lr")
     args = p.parse_args(argv)
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
     try:
-        a, b = _find(client, args.experiment_a, args.run_a), _find(client, args.experiment_b, args.run_b)
+        a = _find(client, args.experiment_a, args.run_a, args.context)
+        b = _find(client, args.experiment_b, args.run_b, args.context)
     except LookupError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
