@@ -9,7 +9,7 @@
 # 2. runs experiments/cpu_context_64.yaml, _256.yaml, _1024.yaml in this order into ONE MLflow store
 #    (default sqlite:///mlflow.db in the checkout, git-ignored) and one MLflow experiment,
 #    cpu_context_series; each YAML has its own checkpoint.dir (checkpoints/cpu_context_<L>, git-ignored);
-# 3. draws the figures and tables: python -m analysis figures --experiment cpu_context_series
+# 3. draws the figures and tables: python -m analysis figures --experiment cpu_context_series --baseline gpt
 #    (into figures/cpu_context_series/, git-ignored); then the same for GPT + QK-norm (below).
 #
 # Resumable: run it again after an interruption. A YAML whose invocation finished (its
@@ -60,7 +60,9 @@ for pass in ${PASSES:-default gpt_qk}; do
         nice -n "$NICE" python runner.py "$yaml" --no-progress "${args[@]}" ${RUNNER_ARGS:-}
         log "$label: done"
     done
-    log "figures ($pass pass): python -m analysis figures --experiment cpu_context_series"
-    python -m analysis figures --experiment cpu_context_series
+    # --baseline gpt: a --arms gpt_qk invocation tags its parent run with baseline gpt_qk (the only arm it
+    # trains), and the analysis would otherwise take the most recent parent's baseline
+    log "figures ($pass pass): python -m analysis figures --experiment cpu_context_series --baseline gpt"
+    python -m analysis figures --experiment cpu_context_series --baseline gpt
 done
 log "all done"
