@@ -470,7 +470,9 @@ def _frames(client: "MlflowClient", runs: list["Run"], experiment: str, metrics:
 
 def _lr_search_table(runs: list["Run"]) -> pd.DataFrame | None:
     """Every learning-rate search run's final validation loss, with the choice re-derived (a run that
-    failed, e.g. diverged, counts as diverged; the newest run of each (arm, budget, lr, seed) is used)."""
+    failed, e.g. diverged, counts as diverged; the newest run of each (context length, arm, budget, lr,
+    seed) is used). Each context length is a search of its own (an experiment may hold several: a
+    context-length series), so the table has a ``context_length`` column."""
     from analysis.sweeps import select_lr
 
     newest: dict[tuple, dict] = {}
@@ -479,8 +481,9 @@ def _lr_search_table(runs: list["Run"]) -> pd.DataFrame | None:
             continue
         m = _run_meta(r)
         loss = r.data.metrics.get(record.VAL_LOSS, math.nan) if r.info.status == "FINISHED" else math.nan
-        newest[(m["arm"], m["budget"], m["lr"], m["seed"])] = {
-            "arm": m["arm"], "budget": m["budget"], "lr": m["lr"], "seed": m["seed"], "final_val_loss": loss}
+        newest[(m["context_length"], m["arm"], m["budget"], m["lr"], m["seed"])] = {
+            "context_length": m["context_length"], "arm": m["arm"], "budget": m["budget"], "lr": m["lr"],
+            "seed": m["seed"], "final_val_loss": loss}
     return select_lr(list(newest.values())) if newest else None
 
 

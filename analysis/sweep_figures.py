@@ -18,23 +18,33 @@ __all__ = ["fig_lr_search", "fig_cooldown_vs_full"]
 
 def fig_lr_search(table: pd.DataFrame, styles: dict[str, ArmStyle]) -> Figure:
     """Mean final validation loss against the learning rate (log x), one line per arm and search
-    budget; the chosen rate is circled, diverged rates are marked x at the top of the axes."""
+    budget (and context length, when the table spans several: each length has its own search, drawn
+    with its own line style); the chosen rate is circled, diverged rates are marked x at the top of the axes."""
     if table is None or table.empty:
         raise NotApplicable("no learning-rate search in these runs")
     fig = Figure(figsize=(5.0, 3.3))
     ax = fig.subplots()
     budgets = sorted(table["budget"].dropna().unique())
+    has_ctx = "context_length" in table.columns and table["context_length"].notna().any()
+    ctxs = sorted(int(c) for c in table["context_length"].dropna().unique()) if has_ctx else [None]
+    dashes = ["-", "--", ":", "-."]
     for arm in ordered_arms(table["arm"].unique().tolist(), styles):
         st = styles.get(arm) or ArmStyle("0.3", "-", "o")
-        for budget in budgets:
-            g = table[(table["arm"] == arm) & (table["budget"] == budget)].sort_values("lr")
+        for (i, ctx), budget in ((c, b) for c in enumerate(ctxs) for b in budgets):
+            sel = (table["arm"] == arm) & (table["budget"] == budget)
+            if ctx is not None:
+                sel &= (table["context_length"] == ctx).fillna(False)
+            g = table[sel.to_numpy(dtype=bool)].sort_values("lr")
             if g.empty:
                 continue
             label = arm if len(budgets) == 1 else f"{arm}, {format_tokens(float(budget))} tokens"
+            kwargs = st.line_kwargs()
+            if len(ctxs) > 1:
+                label += f", ctx {ctx}"
+                kwargs["linestyle"] = dashes[i % len(dashes)]
             ok = np.isfinite(g["final_val_loss"].to_numpy(float))
             yerr = g["final_val_loss_std"].fillna(0.0).to_numpy(float)[ok]
-            ax.errorbar(g["lr"][ok], g["final_val_loss"][ok], yerr=yerr, label=label, capsize=2,
-                        **st.line_kwargs())
+            ax.errorbar(g["lr"][ok], g["final_val_loss"][ok], yerr=yerr, label=label, capsize=2, **kwargs)
             chosen = g[g["chosen"].astype(bool)]
             ax.plot(chosen["lr"], chosen["final_val_loss"], linestyle="none", marker="o", markersize=11,
                     markerfacecolor="none", markeredgecolor=st.color, markeredgewidth=1.2)
@@ -49,7 +59,7 @@ def fig_lr_search(table: pd.DataFrame, styles: dict[str, ArmStyle]) -> Figure:
     ax.set_xlabel("peak learning rate (log scale)")
     ax.set_ylabel("final " + LOSS_LABEL)
     ax.set_title("learning-rate search (circled: chosen; x: diverged)", fontsize=8)
-    ax.legend(loc="best")
+    ax.legend(loc="best", fontsize=6 if len(ctxs) > 1 else None)
     return fig
 
 

@@ -28,14 +28,21 @@ def select_lr(rows: Iterable[Mapping[str, Any]] | pd.DataFrame) -> pd.DataFrame:
     ``rows``: one per search run with ``arm``, ``budget``, ``lr``, ``seed`` and ``final_val_loss``
     (NaN or None for a run that diverged or failed). Returns :data:`LR_COLUMNS`, sorted by arm,
     budget and lr; ``final_val_loss`` is the mean over the seeds that finished (NaN if none did).
+    Rows with a ``context_length`` (the analysis of an experiment that may hold several) are searches
+    of their own per context length: the result then starts with a ``context_length`` column and is
+    sorted by it first.
     """
     frame = pd.DataFrame(list(rows) if not isinstance(rows, pd.DataFrame) else rows)
+    by_ctx = "context_length" in frame.columns
+    columns = (["context_length"] if by_ctx else []) + LR_COLUMNS
     if frame.empty:
-        return pd.DataFrame(columns=LR_COLUMNS)
+        return pd.DataFrame(columns=columns)
     frame = frame.copy()
     frame["final_val_loss"] = pd.to_numeric(frame["final_val_loss"], errors="coerce").astype(float)
+    if not by_ctx:
+        frame["context_length"] = 0  # one group
     out = []
-    for (arm, budget), group in frame.groupby(["arm", "budget"], sort=True, dropna=False):
+    for (ctx, arm, budget), group in frame.groupby(["context_length", "arm", "budget"], sort=True, dropna=False):
         lrs = sorted(group["lr"].astype(float).unique())
         scores = []
         for lr in lrs:
@@ -44,7 +51,7 @@ def select_lr(rows: Iterable[Mapping[str, Any]] | pd.DataFrame) -> pd.DataFrame:
             failed = int(losses.size - finite.size)
             score = math.inf if failed or finite.size == 0 else float(finite.mean())
             scores.append(score)
-            out.append({"arm": arm, "budget": budget, "lr": lr, "n_seeds": int(losses.size), "n_failed": failed,
+            out.append({"context_length": ctx, "arm": arm, "budget": budget, "lr": lr, "n_seeds": int(losses.size), "n_failed": failed,
                         "final_val_loss": float(finite.mean()) if finite.size else math.nan,
                         "final_val_loss_std": float(finite.std(ddof=1)) if finite.size >= 2 else math.nan,
                         "chosen": False, "at_edge": False})
@@ -57,7 +64,11 @@ def select_lr(rows: Iterable[Mapping[str, Any]] | pd.DataFrame) -> pd.DataFrame:
         row = out[-len(lrs) + best]
         row["chosen"] = True
         row["at_edge"] = len(lrs) > 1 and best in (0, len(lrs) - 1)
-    return pd.DataFrame(out, columns=LR_COLUMNS)
+    table = pd.DataFrame(out, columns=["context_length"] + LR_COLUMNS)
+    if by_ctx:
+        table["context_length"] = pd.array(table["context_length"].tolist(), dtype="Int64")
+        return table
+    return table.drop(columns="context_length")
 
 
 def chosen_lrs(table: pd.DataFrame) -> dict[tuple[str, Any], float]:
@@ -69,10 +80,15 @@ def chosen_lrs(table: pd.DataFrame) -> dict[tuple[str, Any], float]:
 def edge_warnings(table: pd.DataFrame) -> list[str]:
     """One sentence per choice at the end of its grid."""
     out = []
+    by_ctx = "context_length" in table.columns
     for row in table[table["chosen"].astype(bool) & table["at_edge"].astype(bool)].itertuples():
-        grid = sorted(table.loc[(table["arm"] == row.arm) & (table["budget"] == row.budget), "lr"])
+        same = (table["arm"] == row.arm) & (table["budget"] == row.budget)
+        if by_ctx:
+            same &= (table["context_length"] == row.context_length).fillna(pd.isna(row.context_length))
+        grid = sorted(table.loc[same.to_numpy(dtype=bool), "lr"])
         side = "smallest" if row.lr == grid[0] else "largest"
-        out.append(f"the best learning rate of {row.arm} ({row.lr:g}) is the {side} of its grid "
+        where = f" at context length {row.context_length}" if by_ctx and not pd.isna(row.context_length) else ""
+        out.append(f"the best learning rate of {row.arm}{where} ({row.lr:g}) is the {side} of its grid "
                    f"{[float(f'{v:g}') for v in grid]}: the optimum may lie outside it; extend sweep.lr.{row.arm}")
     return out
 

@@ -277,12 +277,12 @@ def to_latex(summary: pd.DataFrame, *, experiment: str | None = None,
     ]
     prev: dict[str, str] = {}
     for _, r in disp.iterrows():
-        group = (r.get("Context"), r["Target"])
+        group = (r.get("Context"), r.get("Target"))  # no Target column when there are no targets
         if prev and group != (prev.get("Context"), prev.get("Target")):
             lines.append("    \\addlinespace")
         same_ctx = bool(prev) and prev.get("Context") == r.get("Context")
         blank = {"Context"} if same_ctx else set()
-        if same_ctx and prev.get("Target") == r["Target"]:
+        if same_ctx and "Target" in cols and prev.get("Target") == r["Target"]:
             blank.add("Target")
         cells = ["" if c in blank else tex(r[c]) for c in cols]
         prev = {c: r[c] for c in cols}
@@ -305,15 +305,20 @@ def write_tables(summary: pd.DataFrame, out_dir: Path, *, experiment: str | None
 
 def format_lr_table(table: pd.DataFrame) -> str:
     """A learning-rate search (:func:`analysis.sweeps.select_lr`) as Markdown: one row per (arm,
-    budget, lr), the chosen rate marked ``*`` (``*!`` when it is at the end of its grid)."""
-    lines = ["| arm | budget | lr | final val loss | seeds | diverged | chosen |",
-             "|---|---:|---:|---:|---:|---:|:---:|"]
+    budget, lr), the chosen rate marked ``*`` (``*!`` when it is at the end of its grid); with a
+    ``context`` column first when the table spans several context lengths (a search per length)."""
+    ctxs = table["context_length"].dropna().unique() if "context_length" in table.columns else []
+    multi_ctx = len(ctxs) > 1
+    lines = ["| " + ("context | " if multi_ctx else "") + "arm | budget | lr | final val loss | seeds | diverged | chosen |",
+             "|" + ("---:|" if multi_ctx else "") + "---|---:|---:|---:|---:|---:|:---:|"]
     for row in table.itertuples():
         loss = _loss(row.final_val_loss)
         if math.isfinite(_f(row.final_val_loss_std)):
             loss += f" \u00b1 {_f(row.final_val_loss_std):.3f}"
         mark = ("*!" if row.at_edge else "*") if row.chosen else ""
-        lines.append(f"| {row.arm} | {_tokens(row.budget)} | {_f(row.lr):g} | {loss} | {row.n_seeds} | "
+        ctx = ("" if pd.isna(row.context_length) else f"{int(row.context_length):,}") if multi_ctx else None
+        lines.append("| " + (f"{ctx} | " if multi_ctx else "") +
+                     f"{row.arm} | {_tokens(row.budget)} | {_f(row.lr):g} | {loss} | {row.n_seeds} | "
                      f"{row.n_failed} | {mark} |")
     return "\n".join(lines)
 

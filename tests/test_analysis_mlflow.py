@@ -41,16 +41,18 @@ TOKENS_PER_STEP = 25_000  # "curves" experiment; the budget sweep uses 100_000
 
 
 def _log_child(client, exp_id, parent_id, *, arm, seed, budget, ctx, val_every, loss_fn, tps,
-               status="FINISHED", with_val=True, start_time=None, tokens_per_step=TOKENS_PER_STEP):
+               status="FINISHED", with_val=True, start_time=None, tokens_per_step=TOKENS_PER_STEP,
+               lr=0.001, extra_tags=None):
     from mlflow.entities import Metric, Param
 
     tags = {"mlflow.parentRunId": parent_id, "datgpt.role": "child", "datgpt.arm": arm,
-            "datgpt.seed": str(seed), "datgpt.model_kind": "ngpt" if arm == "ngpt" else "gpt"}
+            "datgpt.seed": str(seed), "datgpt.model_kind": "ngpt" if arm == "ngpt" else "gpt",
+            **(extra_tags or {})}
     run = client.create_run(exp_id, tags=tags, start_time=start_time)
     rid = run.info.run_id
     client.log_batch(rid, params=[Param("train.tokens", str(budget)),
                                   Param("model.context_length", str(ctx)),
-                                  Param("optim.lr", "0.001"), Param("model.n_layers", "2")])
+                                  Param("optim.lr", str(lr)), Param("model.n_layers", "2")])
     ts = int(time.time() * 1000)
     metrics = []
     n_steps = budget // tokens_per_step
@@ -129,8 +131,49 @@ def store(tmp_path_factory):
                            loss_fn=lambda t, b=budget, f=final: 11.0 + (f - 11.0) * t / b)
     client.set_terminated(parent)
 
+    # --- "series": a context-length series as experiments/cpu_context_*.yaml write it: one invocation
+    # (parent) per context length, each with its own lr search at the middle budget (seed 0) whose
+    # choice differs between the lengths, then 3 seeds x 3 budgets per arm with the chosen rate
+    exp = client.create_experiment("series")
+    for i, ctx in enumerate(SERIES_CTX):
+        parent = _log_parent(client, exp, targets=SERIES_TARGETS, start_time=t0 + 100_000 * (i + 1))
+        for arm in ("gpt", "ngpt"):
+            best = SERIES_BEST_LR[(ctx, arm)]
+            for lr in SERIES_GRID[arm]:  # search runs; the chosen one is also the seed-0 main run
+                final = _series_final(ctx, arm, 0, SERIES_BUDGETS[1]) + (0.0 if lr == best else 0.3)
+                _log_child(client, exp, parent, arm=arm, seed=0, budget=SERIES_BUDGETS[1], ctx=ctx,
+                           val_every=50_000, tps=TPS[arm], tokens_per_step=50_000, lr=lr,
+                           extra_tags={"datgpt.sweep_stage": "lr_search",
+                                       "datgpt.lr_selected": str(lr == best).lower()},
+                           loss_fn=lambda t, f=final, b=SERIES_BUDGETS[1]: 11.0 + (f - 11.0) * t / b)
+            for seed in (0, 1, 2):
+                for budget in SERIES_BUDGETS:
+                    if seed == 0 and budget == SERIES_BUDGETS[1]:
+                        continue  # the chosen search run is this unit
+                    final = _series_final(ctx, arm, seed, budget)
+                    _log_child(client, exp, parent, arm=arm, seed=seed, budget=budget, ctx=ctx,
+                               val_every=50_000, tps=TPS[arm], tokens_per_step=50_000, lr=best,
+                               extra_tags={"datgpt.sweep_stage": "main"},
+                               loss_fn=lambda t, f=final, b=budget: 11.0 + (f - 11.0) * t / b)
+        client.set_terminated(parent)
+
     client.create_experiment("empty")
     return dict(uri=uri, root=root, **ids)
+
+
+SERIES_CTX = (64, 256, 1024)
+SERIES_BUDGETS = (100_000, 200_000, 400_000)
+SERIES_TARGETS = [3.85]
+SERIES_GRID = {"gpt": (1e-3, 2e-3, 4e-3), "ngpt": (1e-2, 2e-2, 4e-2)}
+SERIES_BEST_LR = {(64, "gpt"): 1e-3, (256, "gpt"): 2e-3, (1024, "gpt"): 2e-3,
+                  (64, "ngpt"): 2e-2, (256, "ngpt"): 2e-2, (1024, "ngpt"): 4e-2}
+SERIES_SHIFT = {64: 0.1, 256: 0.2, 1024: 0.4}  # nGPT's log-token head start: speedup exp(shift / 0.5)
+SERIES_SEED = {0: 0.0, 1: 0.01, 2: -0.01}
+
+
+def _series_final(ctx, arm, seed, budget):
+    """Final loss 10 - 0.5 ln B (+ per-seed noise; nGPT shifted down), as the "sweep" experiment."""
+    return 10.0 - 0.5 * math.log(budget) - (SERIES_SHIFT[ctx] if arm == "ngpt" else 0.0) + SERIES_SEED[seed]
 
 
 @pytest.fixture()
@@ -413,3 +456,47 @@ def test_custom_figure_example(env, tmp_path, capsys):
         assert main(["--experiment", "curves", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "custom_val_loss_per_seed_vs_time.png").stat().st_size > 10_000
     assert (tmp_path / "custom_val_loss_per_seed_vs_time.pdf").exists()
+
+
+# ---------------------------------------------------------------- a context-length series (issue #18)
+
+
+def test_series_lr_search_is_per_context_length(store):
+    """Three invocations, one per context length, each with its own search: the analysis keeps the
+    searches apart (the newest run of an (arm, budget, lr, seed) used to stand for all lengths)."""
+    from analysis.sweeps import edge_warnings
+
+    data = _load(store, name="series")
+    t = data.lr_search
+    assert list(t.columns[:2]) == ["context_length", "arm"]
+    assert len(t) == len(SERIES_CTX) * 2 * 3
+    chosen = {(int(r.context_length), r.arm): r.lr for r in t[t["chosen"]].itertuples()}
+    assert chosen == pytest.approx(SERIES_BEST_LR)
+    warn = edge_warnings(t)
+    assert any("gpt at context length 64 (0.001) is the smallest" in w for w in warn), warn
+    assert any("ngpt at context length 1024 (0.04) is the largest" in w for w in warn), warn
+    assert not any("context length 256" in w for w in warn), warn
+    # only the chosen search runs are in the frame: one run per (context, arm, seed, budget)
+    runs = data.runs
+    assert len(runs) == len(SERIES_CTX) * 2 * 3 * 3
+    assert not runs.duplicated(["context_length", "arm", "seed", "budget"]).any()
+
+
+def test_series_speedup_vs_context_with_intervals(env, tmp_path):
+    from analysis.cli import main
+
+    out = tmp_path / "series"
+    assert main(["figures", "--experiment", "series", "--out", str(out), "--n-resamples", "300"]) == 0
+    for stem in ("speedup_vs_context_length", "lr_search", "final_loss_vs_budget_ctx1024"):
+        assert (out / f"{stem}.png").stat().st_size > 10_000, stem
+    import pandas as pd
+
+    s = pd.read_csv(out / "summary.csv").set_index(["context_length", "target", "arm"])
+    assert set(s["mode"]) == {"budget"}
+    for ctx in SERIES_CTX:
+        row = s.loc[(ctx, SERIES_TARGETS[0], "ngpt")]
+        assert row["speedup"] == pytest.approx(math.exp(SERIES_SHIFT[ctx] / 0.5), rel=0.05)
+        assert row["speedup_ci_low"] < row["speedup"] < row["speedup_ci_high"]
+        assert row["n_seeds"] == 3
+    md = (out / "lr_search.md").read_text()
+    assert md.startswith("| context | arm |") and "| 1,024 | ngpt |" in md

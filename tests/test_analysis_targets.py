@@ -313,6 +313,7 @@ def test_summarize_empty_inputs():
     no_targets = summarize(frame, [], "gpt")  # still the final losses, one row per arm
     assert len(no_targets) == 1 and no_targets["final_val_loss"].iloc[0] == 4.0
     assert no_targets["target"].isna().all() and "Final loss" in to_markdown(no_targets)
+    assert "Validation loss" in to_latex(no_targets)  # a table without a Target column (it raised KeyError)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AnalysisWarning)
         s = summarize(frame, [5.0], "missing_baseline")

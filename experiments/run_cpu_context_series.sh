@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# run_cpu_context_series.sh: the whole CPU context-length series of issue #18, resumable.
+#
+#   experiments/run_cpu_context_series.sh           # from anywhere; runs in the checkout's root
+#   MLFLOW_TRACKING_URI=sqlite:////tmp/x.db experiments/run_cpu_context_series.sh   # another store
+#
+# 1. prepares shards/fineweb_legal from ../shared/data/fineweb/fineweb_legal_batches if it is not there
+#    (deterministic, ~5 s; a finished folder is left as it is, an interrupted one continues);
+# 2. runs experiments/cpu_context_64.yaml, _256.yaml, _1024.yaml in this order into ONE MLflow store
+#    (default sqlite:///mlflow.db in the checkout, git-ignored) and one MLflow experiment,
+#    cpu_context_series; each YAML has its own checkpoint.dir (checkpoints/cpu_context_<L>, git-ignored);
+# 3. draws the figures and tables: python -m analysis figures --experiment cpu_context_series --baseline gpt
+#    (into figures/cpu_context_series/, git-ignored); then the same for GPT + QK-norm (below).
+#
+# Resumable: run it again after an interruption. A YAML whose invocation finished (its
+# checkpoints/cpu_context_<L>/cpu_context_series/*/invocation.json says "finished": true) is skipped; an
+# unfinished one is resumed by the runner (finished units are not trained again, the interrupted unit
+# continues from its checkpoint). To run a YAML again from scratch, delete checkpoints/cpu_context_<L>
+# (its old runs stay in MLflow; the analysis keeps the newest run of each arm/seed/budget/context).
+#
+# Two passes, each over the three files: first the YAMLs' enabled arms (gpt, ngpt), then the strong
+# baseline (GPT + QK-norm, enabled: false in the YAMLs) as one more invocation per file with --arms gpt_qk
+# into the same experiment (its own lr search; checkpoint folder checkpoints/cpu_context_<L>_gpt_qk); the
+# analysis uses every invocation's runs (the baseline stays gpt). The figures are drawn after each pass,
+# so stopping during the second pass leaves a complete GPT-vs-nGPT family. PASSES="default" skips it.
+#
+# Environment: DATGPT_FINEWEB_LEGAL (the parquet folder), CONTEXTS (default "64 256 1024"), PASSES
+# (default "default gpt_qk"; a pass other than "default" is an --arms list), RUNNER_ARGS (extra runner
+# arguments), NICE (niceness, default 0).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export MLFLOW_TRACKING_URI="${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}"
+SRC="${DATGPT_FINEWEB_LEGAL:-../shared/data/fineweb/fineweb_legal_batches}"
+CONTEXTS="${CONTEXTS:-64 256 1024}"
+NICE="${NICE:-0}"
+log() { echo "[$(date -u +%FT%TZ)] $*"; }
+
+log "tracking store: $MLFLOW_TRACKING_URI; python $(python -c 'import sys; print(sys.version.split()[0])'), torch $(python -c 'import torch; print(torch.__version__)'); $(nproc) cores; load: $(cut -d' ' -f1-3 /proc/loadavg)"
+log "shards: python -m training.data prepare $SRC --out shards/fineweb_legal --val-tokens 2e5"
+python -m training.data prepare "$SRC" --out shards/fineweb_legal --val-tokens 2e5 --no-progress
+
+for pass in ${PASSES:-default gpt_qk}; do
+    for L in $CONTEXTS; do
+        yaml="experiments/cpu_context_$L.yaml"
+        ckpt="checkpoints/cpu_context_$L"
+        args=()
+        label="$yaml"
+        if [ "$pass" != default ]; then
+            ckpt="checkpoints/cpu_context_${L}_${pass//,/_}"
+            args=(--arms "$pass" --set "checkpoint.dir=$ckpt")
+            label="$yaml --arms $pass"
+        fi
+        if grep -ls '"finished": true' "$ckpt/cpu_context_series/"*/invocation.json >/dev/null 2>&1; then
+            log "$label: finished earlier ($ckpt), skipped"
+            continue
+        fi
+        log "$label: start (load $(cut -d' ' -f1-3 /proc/loadavg))"
+        # shellcheck disable=SC2086
+        nice -n "$NICE" python runner.py "$yaml" --no-progress "${args[@]}" ${RUNNER_ARGS:-}
+        log "$label: done"
+    done
+    # --baseline gpt: a --arms gpt_qk invocation tags its parent run with baseline gpt_qk (the only arm it
+    # trains), and the analysis would otherwise take the most recent parent's baseline
+    log "figures ($pass pass): python -m analysis figures --experiment cpu_context_series --baseline gpt"
+    python -m analysis figures --experiment cpu_context_series --baseline gpt
+done
+log "all done"
