@@ -17,7 +17,7 @@ import yaml
 import runner
 from analysis import record
 from training.config import load_experiment
-from training.data import load_splits
+from training.data.corpus import load_splits
 from training.distributed import DistInfo
 from training.trainer import train_arm
 

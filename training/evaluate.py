@@ -32,9 +32,9 @@ from pathlib import Path
 
 import torch
 
+from training.data.tokenizer import TokenizerError
 from training.lm_eval_adapter import EvalSetupError, require_lm_eval
 from training.pretrained import RUN_ID, PretrainedError, resolve
-from training.tokenizer import TokenizerError
 
 
 class EvaluateError(ValueError):

@@ -25,8 +25,8 @@ import sys
 
 import torch
 
+from training.data.tokenizer import TokenizerError, get_encoding
 from training.pretrained import RUN_ID, PretrainedError, resolve
-from training.tokenizer import TokenizerError, get_encoding
 
 SAMPLE_PROMPTS = ("I had always thought", "The king said", "It was")
 SAMPLE_NEW_TOKENS = 32

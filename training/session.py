@@ -36,7 +36,7 @@ from training.checkpoint import (CheckpointError, Invocation, check_writable, ch
                                  branch_path, load_branch, load_latest)
 from training import sweep
 from training.config import ArmConfig, ExperimentConfig, arm_to_dict, flatten, local_accum_steps
-from training.data import Splits
+from training.data.corpus import Splits
 from training.distributed import DistInfo, barrier, broadcast_object
 from training.pretrained import Pretrained, PretrainedError, check_model, resolve
 from training.tracking import NullLogger, Tracker, TrackingError, git_commit

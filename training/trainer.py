@@ -25,7 +25,7 @@ from analysis import record
 from models import build_model
 from training.checkpoint import rng_state, save_branch, save_checkpoint, set_rng_state
 from training.config import ArmConfig, local_accum_steps
-from training.data import Splits, TrainBatches, val_windows
+from training.data.corpus import Splits, TrainBatches, val_windows
 from training.distributed import DistInfo, all_reduce_sum
 from training.schedule import lr_at
 

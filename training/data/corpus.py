@@ -5,7 +5,7 @@ A corpus is found in this order: `data.path` in the YAML; the folder named by `D
 source, verified by its SHA-256 and cached there; else a `DataError` saying where to put the file.
 
 Larger corpora are tokenized once into uint16 token shards (`python -m training.data prepare ...`,
-training/shards.py) and memory-mapped: `data.shards` names a prepared folder, `data.hf` a Hugging Face
+training/data/prepare.py) and memory-mapped: `data.shards` names a prepared folder, `data.hf` a Hugging Face
 dataset that is prepared into a cache folder on first use.
 
 Batches are a pure function of (seed, step, micro-batch index): both arms of a seed see the same
@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 
 from training.config import DataConfig, local_accum_steps
-from training.shards import DATA_DIR_ENV, DataError, ShardedTokens, data_dir  # noqa: F401 (re-exported)
-from training.tokenizer import encode
+from training.data import DATA_DIR_ENV, DataError, data_dir
+from training.data.shards import ShardedTokens
+from training.data.tokenizer import encode
 
 
 @dataclass(frozen=True)
@@ -143,13 +144,13 @@ def load_splits(cfg: DataConfig, tokenizer: str, context_length: int) -> Splits:
 
 
 def _load_shards(cfg: DataConfig, tokenizer: str, context_length: int) -> Splits:
-    from training import shards
+    from training.data import prepare, shards
 
     if cfg.shards is not None:
         label, folder = "data.shards", Path(cfg.shards).expanduser()
     else:
         label = "data.hf"
-        folder = shards.ensure_prepared(*hf_source(cfg))
+        folder = prepare.ensure_prepared(*hf_source(cfg))
     opened = shards.open_folder(folder, label)
     made_with = opened.manifest.get("settings", {}).get("tokenizer", tokenizer)
     if made_with != tokenizer:
@@ -164,7 +165,8 @@ def _load_shards(cfg: DataConfig, tokenizer: str, context_length: int) -> Splits
 
 def hf_source(cfg: DataConfig):
     """(HFSource, PrepareSettings) of a `data.hf` section: what the cache folder is keyed by."""
-    from training.shards import HFSource, PrepareSettings
+    from training.data.prepare import PrepareSettings
+    from training.data.sources import HFSource
 
     hf = cfg.hf
     source = HFSource(hf.name, hf.config, hf.split, tuple(hf.data_files) if hf.data_files else None,
@@ -232,10 +234,3 @@ def val_windows(val: Tokens, context_length: int, eval_tokens: int) -> tuple[tor
     y = rows[1:].view(n, T)
     return x, y
 
-
-if __name__ == "__main__":  # python -m training.data prepare ...: the shard tool of training/shards.py
-    import sys
-
-    from training.shards import main
-
-    sys.exit(main())
