@@ -24,14 +24,13 @@ cannot be reached (the line names the task and the network).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from training.atomic import atomic_write
 from training.data.tokenizer import TokenizerError
 from training.lm_eval_adapter import EvalSetupError, require_lm_eval
 from training.pretrained import RUN_ID, PretrainedError, resolve
@@ -146,18 +145,6 @@ def _log_to_run(run_id: str, metrics: dict[str, float], step: int, tokens: int |
     return artifact
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -198,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"evaluated in {seconds:.1f} s", file=sys.stderr)
     text = results_json(results)
     if args.output is not None:
-        _write_atomic(args.output, text)
+        atomic_write(args.output, lambda f: f.write(text), text=True)
         print(f"results: {args.output}", file=sys.stderr)
     if args.run is not None:
         metrics = metrics_of(results)

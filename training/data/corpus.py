@@ -16,14 +16,13 @@ loader state beyond the step (the step is the data position).
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from training.atomic import atomic_write
 from training.config import DataConfig, local_accum_steps
 from training.data import DATA_DIR_ENV, DataError, data_dir
 from training.data.shards import ShardedTokens
@@ -51,30 +50,21 @@ BUILTIN_CORPORA = {
 }
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def download(corpus: BuiltinCorpus, dest: Path, timeout: float = 30.0) -> None:
     """Download to a temp file beside `dest`, check the SHA-256, then rename into place."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(corpus.url, timeout=timeout) as response:
+
+    def fetch(out) -> None:
+        digest = hashlib.sha256()
+        with urllib.request.urlopen(corpus.url, timeout=timeout) as response:
             while chunk := response.read(1 << 20):
                 out.write(chunk)
-        got = _sha256(Path(tmp))
+                digest.update(chunk)
+        got = digest.hexdigest()
         if got != corpus.sha256:
             raise DataError(f"{corpus.url}: checksum mismatch (got {got[:12]}..., expected "
                             f"{corpus.sha256[:12]}...); not using the download")
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    atomic_write(dest, fetch)
 
 
 def resolve_corpus(cfg: DataConfig) -> Path:

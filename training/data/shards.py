@@ -18,12 +18,12 @@ in the next shard. The training shards in order are one token stream.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from training.atomic import atomic_write
 from training.data import DataError
 
 MAGIC = 20240520
@@ -40,17 +40,12 @@ def write_shard(path: Path, tokens: np.ndarray) -> None:
     tokens = np.ascontiguousarray(tokens, dtype=TOKEN_DTYPE)
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[:3] = (MAGIC, VERSION, tokens.size)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(header.tobytes())
-            f.write(tokens.tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+    def fill(f):
+        f.write(header.tobytes())
+        f.write(tokens.tobytes())
+
+    atomic_write(path, fill)
 
 
 def read_header(path: Path) -> int:
@@ -194,10 +189,5 @@ def read_manifest(path: Path) -> dict:
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(payload, indent=1, sort_keys=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    text = json.dumps(payload, indent=1, sort_keys=False) + "\n"
+    atomic_write(path, lambda f: f.write(text), text=True)
