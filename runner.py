@@ -193,12 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     from training import distributed
-    from training.config import ConfigError, load_experiment
     from training.data import DataError
     from training.data.corpus import load_splits
     from training.data.tokenizer import TokenizerError
+    from training.experiment import load_experiment
     from training.session import UsageError, check_runtime, run_experiment
     from training.trainer import StopFlag
+    from training.typed_yaml import ConfigError
 
     try:
         cfg = load_experiment(args.experiment, args.overrides, arms=args.arms, seeds=args.seeds)

@@ -19,9 +19,10 @@ from lm_eval.api.instance import Instance  # noqa: E402
 from analysis.record import eval_metric, eval_results_artifact, metric_from_lm_eval, parse_eval_metric  # noqa: E402
 from models import ModelConfig, build_model  # noqa: E402
 from training import eval_tasks  # noqa: E402
-from training.config import ConfigError, build_experiment  # noqa: E402
 from training.data.tokenizer import EOT_TOKEN, GPT2_N_VOCAB, get_encoding  # noqa: E402
+from training.experiment import build_experiment  # noqa: E402
 from training.lm_eval_adapter import DatgptLM  # noqa: E402
+from training.typed_yaml import ConfigError  # noqa: E402
 
 CONTEXT = 32
 ENC = get_encoding("gpt2")

@@ -14,9 +14,10 @@ import yaml
 import runner
 from models import ModelConfig, build_model
 from training import session
-from training.config import DataConfig, arm_to_dict, build_experiment, load_experiment
+from training.config import DataConfig, arm_to_dict
 from training.data.corpus import load_splits, val_windows
 from training.distributed import DistInfo
+from training.experiment import build_experiment, load_experiment
 from training.pretrained import PretrainedError, check_model, resolve
 from training.session import run_experiment
 

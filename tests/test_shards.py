@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from training.config import ConfigError, DataConfig, HFDataConfig, build_experiment
+from training.config import DataConfig, HFDataConfig
 from training.data import DataError, cli, sources
 from training.data import prepare as prepare_mod
 from training.data.corpus import TrainBatches, load_splits, rank_micro_batches, val_windows
@@ -21,6 +21,8 @@ from training.data.prepare import PrepareSettings, prepare
 from training.data.shards import HEADER_BYTES, MAGIC, ShardedTokens, open_folder, read_header, read_shard, write_shard
 from training.data.sources import FileSource
 from training.data.tokenizer import EOT_TOKEN, get_encoding
+from training.experiment import build_experiment
+from training.typed_yaml import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

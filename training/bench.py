@@ -29,7 +29,7 @@ import torch
 
 from models import ModelConfig, build_model
 from models.config import KINDS
-from training.config import ConfigError, apply_overrides
+from training.typed_yaml import ConfigError, apply_overrides
 
 SHAPES = {  # shared model shapes; the arm sets `kind`
     "gpt2-small": dict(n_layers=12, n_heads=12, n_embd=768, vocab_size=50304, mlp="swiglu", tied_embeddings=False),
