@@ -94,7 +94,8 @@ def _client():
     import mlflow
     from mlflow import MlflowClient
 
-    from analysis.load import TrackingStoreError, check_local_store
+    from analysis.errors import TrackingStoreError
+    from analysis.store import check_local_store
 
     uri = mlflow.get_tracking_uri()
     try:

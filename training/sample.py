@@ -97,7 +97,8 @@ def logged_model(run_id: str):
         import mlflow
         import mlflow.pytorch
 
-        from analysis.load import TrackingStoreError, check_local_store
+        from analysis.errors import TrackingStoreError
+        from analysis.store import check_local_store
 
         try:
             check_local_store(mlflow.get_tracking_uri())
