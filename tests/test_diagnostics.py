@@ -12,7 +12,7 @@ import torch
 from analysis import record
 from analysis.diagnostics import diagnostics_figures, fig_ngpt_scalars, load_diagnostics
 from analysis.errors import AnalysisWarning
-from analysis.figures import NotApplicable
+from analysis.style import NotApplicable
 from models import ModelConfig, build_model
 from training.diagnostics import MATRICES, Diagnostics, compute_diagnostics, condition_number
 
