@@ -196,8 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     from training.data import DataError
     from training.data.corpus import load_splits
     from training.data.tokenizer import TokenizerError
+    from training.errors import UsageError
     from training.experiment import load_experiment
-    from training.session import UsageError, check_runtime, run_experiment
+    from training.session import check_runtime, run_experiment
     from training.trainer import StopFlag
     from training.typed_yaml import ConfigError
 
@@ -245,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
 def _check_tracking_server() -> None:
     """A dry run checks that an MLflow tracking server answers, as a run does before training (a local
     store is not opened: that would create it)."""
-    from training.session import UsageError
+    from training.errors import UsageError
     from training.tracking import Tracker, TrackingError, tracking_uri
 
     if tracking_uri().startswith(("http://", "https://")):
