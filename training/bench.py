@@ -19,7 +19,6 @@ d_model x context, against the measured bf16 matrix-product peak of the GPU (`--
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -29,6 +28,7 @@ import torch
 
 from models import ModelConfig, build_model
 from models.config import KINDS
+from training.cli import OneLineParser
 from training.typed_yaml import ConfigError, apply_overrides
 
 SHAPES = {  # shared model shapes; the arm sets `kind`
@@ -148,7 +148,7 @@ def arm_name(config: ModelConfig, fused_norms: bool = True) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.bench", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m training.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--arms", default="gpt,ngpt",
                         help="model kinds to compare, e.g. gpt,ngpt (first = reference); ngpt-plain: nGPT with "
                              "plain-autograd normalizations (models/ngpt_ops.py)")

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from training.atomic import atomic_write
+from training.cli import OneLineParser
 from training.data.tokenizer import TokenizerError
 from training.lm_eval_adapter import EvalSetupError, require_lm_eval
 from training.pretrained import RUN_ID, PretrainedError, resolve
@@ -40,13 +41,8 @@ class EvaluateError(ValueError):
     """Bad input to the command; one line."""
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse prints the usage too; keep bad input to one line
-        self.exit(2, f"error: {message} (see python -m training.evaluate --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(prog="python -m training.evaluate",
+    parser = OneLineParser(prog="python -m training.evaluate",
                             description="Downstream accuracy of a datgpt checkpoint or MLflow run (lm-eval).")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", metavar="SPEC",

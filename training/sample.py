@@ -25,6 +25,7 @@ import sys
 
 import torch
 
+from training.cli import OneLineParser
 from training.data.tokenizer import TokenizerError, get_encoding
 from training.pretrained import RUN_ID, PretrainedError, resolve
 
@@ -109,13 +110,8 @@ def logged_model(run_id: str):
         return None
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse prints the usage too; keep bad input to one line
-        self.exit(2, f"error: {message} (see python -m training.sample --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(prog="python -m training.sample",
+    parser = OneLineParser(prog="python -m training.sample",
                             description="Generate text from a datgpt checkpoint or MLflow run (KV-cached).")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", metavar="SPEC",

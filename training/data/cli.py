@@ -13,19 +13,11 @@ import sys
 from pathlib import Path
 
 
+from training.cli import EXIT_BAD_INPUT, OneLineParser
 from training.data import DataError
 from training.data.prepare import (DEFAULT_CHUNK_DOCS, DEFAULT_SHARD_TOKENS, DEFAULT_VAL_TOKENS, PrepareSettings,
                                    cache_folder, folder_lock, prepare, remove_prepare)
 from training.data.sources import FileSource, HFSource
-
-EXIT_BAD_INPUT = 2
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2 (argparse would print the usage too)
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        raise SystemExit(EXIT_BAD_INPUT)
-
 
 def _count(text: str) -> int:
     """1000000, 1_000_000, 1e6 -> 1000000."""
@@ -39,8 +31,8 @@ def _count(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m training.data", description="Corpus tools.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = OneLineParser(prog="python -m training.data", description="Corpus tools.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     p = sub.add_parser(
         "prepare", help="tokenize a corpus into uint16 token shards",
         description="Tokenize a corpus once into uint16 token shards (GPT-2 BPE, end-of-text before each "
