@@ -20,13 +20,15 @@ MODEL_CLASSES: dict[str, type[nn.Module]] = {"gpt": GPT, "ngpt": NGPT}
 
 
 def build_model(config: ModelConfig, fused_norms: bool = True) -> nn.Module:
-    """Validate ``config`` and build the model its ``kind`` names (initialized, on the default
-    device and dtype). ``fused_norms=False`` builds nGPT with plain-autograd normalizations (see
-    :class:`NGPT`; for benchmarks and tests); the baseline ignores it."""
-    config.validate()
+    """Build the model its ``kind`` names (initialized, on the default device and dtype); the model's
+    constructor validates ``config``, once. ``fused_norms=False`` builds nGPT with plain-autograd
+    normalizations (see :class:`NGPT`; for benchmarks and tests); the baseline ignores it."""
     if config.kind == "ngpt":
         return NGPT(config, fused_norms=fused_norms)
-    return MODEL_CLASSES[config.kind](config)
+    if config.kind == "gpt":
+        return GPT(config)
+    config.validate()  # raises: names the unknown kind
+    raise ValueError(f"kind: no model class for {config.kind!r}")  # pragma: no cover - KINDS and MODEL_CLASSES agree
 
 
 __all__ = ["GPT", "NGPT", "ModelConfig", "build_model", "MODEL_CLASSES"]
