@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from models import ModelConfig, build_model
-from models.layers import KVCache
+from models.generation import KVCache
 from training.checkpoint import save_checkpoint
 from training.sample import main as sample_main
 
