@@ -1,9 +1,9 @@
-"""Figures of the hypersphere diagnostics (``training.diagnostics``), one JSON per arm.
+"""Figures of the hypersphere diagnostics (``training.model_diagnostics``), one JSON per arm.
 
 Each child run of an experiment logs its final diagnostics as the artifact ``diagnostics/final.json``
 (``{"scalars": ..., "distributions": ...}``); :func:`load_diagnostics` returns the
 ``distributions`` part, and the figure builders take ``{arm: distributions}``. Layout of a
-``distributions`` dict (documented in full in ``training/diagnostics.py``; no torch here)::
+``distributions`` dict (documented in full in ``training/model_diagnostics.py``; no torch here)::
 
     kind, n_layers, matrices, hidden_norm{mean, std}, weight_norm{<m>: {mean, std}},
     embedding_norm{embed, lm_head}, cond{<m>: [L]}, cond_heads{attn_*: [[H] * L]},

@@ -123,7 +123,7 @@ class TrackingConfig:
     log_samples: bool = True  # log text sampled from fixed prompts at the end of each child run (samples/samples.txt)
     log_diagnostics: bool = True  # hypersphere diagnostics (norms, condition numbers, nGPT scalars) at every
     # evaluation: a few diag.* summary metrics and the per-layer table diagnostics/step_XXXXXXXX.json; the final
-    # distributions as diagnostics/final.json (training/diagnostics.py)
+    # distributions as diagnostics/final.json (training/model_diagnostics.py)
 
 
 @dataclass

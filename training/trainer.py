@@ -200,7 +200,7 @@ def train_arm(arm: ArmConfig, seed: int, splits: Splits, dist: DistInfo, logger,
     Logs to `logger`; writes checkpoints per `checkpoints` (rank 0); stops with `Preempted` after a
     checkpoint when `stop` is set, and with `TrainingDiverged` (before any checkpoint of that step)
     on a non-finite loss. With `diagnostics`, rank 0 also logs the hypersphere diagnostics
-    (training/diagnostics.py) of the first validation windows at every evaluation: their summary as
+    (training/model_diagnostics.py) of the first validation windows at every evaluation: their summary as
     metrics, the per-layer values as the artifact `diagnostics/step_XXXXXXXX.json`. `downstream` (rank 0;
     e.g. training/downstream.py's `DownstreamPlan`) has `due(step, steps, tokens_per_step)` and is called
     as `downstream(model, step) -> metrics` when due, after the validation loss; its time, like the
@@ -258,7 +258,7 @@ def train_arm(arm: ArmConfig, seed: int, splits: Splits, dist: DistInfo, logger,
         postfix["val"] = f"{val_loss:.3f}"
         metrics = {record.VAL_LOSS: val_loss}
         if diagnostics and dist.is_main:  # weights are the same on every rank; no collectives inside
-            from training.diagnostics import compute_diagnostics
+            from training.model_diagnostics import compute_diagnostics
 
             with runtime.autocast:
                 result.diagnostics = compute_diagnostics(model, val_x[:DIAGNOSTIC_WINDOWS].to(runtime.device))
