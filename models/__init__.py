@@ -23,12 +23,13 @@ def build_model(config: ModelConfig, fused_norms: bool = True) -> nn.Module:
     """Build the model its ``kind`` names (initialized, on the default device and dtype); the model's
     constructor validates ``config``, once. ``fused_norms=False`` builds nGPT with plain-autograd
     normalizations (see :class:`NGPT`; for benchmarks and tests); the baseline ignores it."""
-    if config.kind == "ngpt":
+    cls = MODEL_CLASSES.get(config.kind) if isinstance(config.kind, str) else None
+    if cls is None:
+        config.validate()  # raises, naming the unknown kind
+        raise ValueError(f"kind: no model class for {config.kind!r}")  # pragma: no cover - KINDS and MODEL_CLASSES agree
+    if cls is NGPT:
         return NGPT(config, fused_norms=fused_norms)
-    if config.kind == "gpt":
-        return GPT(config)
-    config.validate()  # raises: names the unknown kind
-    raise ValueError(f"kind: no model class for {config.kind!r}")  # pragma: no cover - KINDS and MODEL_CLASSES agree
+    return cls(config)
 
 
 __all__ = ["GPT", "NGPT", "ModelConfig", "build_model", "MODEL_CLASSES"]
