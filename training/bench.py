@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, TypeError, ValueError) as err:
         return fail(f"model: {err}")
     device = torch.device(args.device)
-    from training.trainer import measure_peak_flops
+    from training.runtime import measure_peak_flops
 
     if device.type == "cpu":  # as the runner does on CPU (training/allocator.py)
         from training.allocator import keep_freed_memory

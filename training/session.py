@@ -27,9 +27,9 @@ from training.data.corpus import Splits
 from training.distributed import DistInfo, barrier, broadcast_object
 from training.errors import UsageError
 from training.resume import check_resumable, find_invocation, resolve_init_from
+from training.runtime import measure_peak_flops, resolve_runtime
 from training.tracking import NullLogger, Tracker, TrackingError, git_commit
-from training.trainer import (ArmResult, CheckpointPlan, Preempted, StopFlag, TrainingDiverged,
-                              measure_peak_flops, resolve_runtime, train_arm)
+from training.trainer import ArmResult, CheckpointPlan, Preempted, StopFlag, TrainingDiverged, train_arm
 
 
 def check_runtime(cfg: ExperimentConfig, dist: DistInfo, processes: str | None = None) -> dict:
