@@ -117,8 +117,8 @@ def dry_run(cfg, splits, runtimes: dict, world_size: int = 1) -> None:
 
     print(f"experiment {cfg.name!r} from {cfg.source}: seeds {cfg.seeds}, targets {cfg.targets}")
     if splits is None:
-        from training.data import hf_source
-        from training.shards import cache_folder
+        from training.data.corpus import hf_source
+        from training.data.prepare import cache_folder
 
         print(f"data: {cfg.data.hf.name} ({cfg.data.hf.config or 'default config'}), not prepared yet: the first "
               f"real run streams and tokenizes it into {cache_folder(*hf_source(cfg.data))} ({cfg.tokenizer})")
@@ -193,11 +193,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     from training import distributed
-    from training.config import ConfigError, load_experiment
-    from training.data import DataError, load_splits
-    from training.session import UsageError, check_runtime, run_experiment
-    from training.tokenizer import TokenizerError
+    from training.data import DataError
+    from training.data.corpus import load_splits
+    from training.data.tokenizer import TokenizerError
+    from training.errors import UsageError
+    from training.experiment import load_experiment
+    from training.session import check_runtime, run_experiment
     from training.trainer import StopFlag
+    from training.typed_yaml import ConfigError
 
     try:
         cfg = load_experiment(args.experiment, args.overrides, arms=args.arms, seeds=args.seeds)
@@ -243,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
 def _check_tracking_server() -> None:
     """A dry run checks that an MLflow tracking server answers, as a run does before training (a local
     store is not opened: that would create it)."""
-    from training.session import UsageError
+    from training.errors import UsageError
     from training.tracking import Tracker, TrackingError, tracking_uri
 
     if tracking_uri().startswith(("http://", "https://")):
@@ -257,8 +260,9 @@ def _hf_prepared(data) -> bool:
     """Whether a `data.hf` dataset is already prepared in the cache (a complete manifest)."""
     import json
 
-    from training.data import hf_source
-    from training.shards import MANIFEST, cache_folder
+    from training.data.corpus import hf_source
+    from training.data.prepare import cache_folder
+    from training.data.shards import MANIFEST
 
     manifest = cache_folder(*hf_source(data)) / MANIFEST
     try:

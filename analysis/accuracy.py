@@ -170,7 +170,7 @@ def fig_accuracy_vs_tokens(frame: pd.DataFrame, styles: dict):
     from matplotlib.figure import Figure
 
     from analysis.curves import curve_runs, mean_over_seeds
-    from analysis.figures import TOKENS_LABEL, NotApplicable, ordered_arms, tokens_axis
+    from analysis.style import TOKENS_LABEL, NotApplicable, ordered_arms, tokens_axis
 
     tasks = eval_tasks(frame)
     if not tasks:
@@ -215,7 +215,7 @@ def write_accuracy_outputs(frame: pd.DataFrame, arms: Sequence[str], baseline_ar
     tex.write_text(accuracy_to_latex(table, experiment), encoding="utf-8")
     written, skipped = [csv, md, tex], []
     if figures:
-        from analysis.figures import NotApplicable, arm_styles, save_figure, style_context
+        from analysis.style import NotApplicable, arm_styles, save_figure, style_context
 
         try:
             with style_context():

@@ -186,7 +186,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 def _cmd_list(args: argparse.Namespace) -> int:
     import datetime as dt
 
-    from analysis.load import list_experiments, list_parents
+    from analysis.store import list_experiments, list_parents
 
     if not args.experiment:
         for name in list_experiments(args.tracking_uri):

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from analysis import record
 from analysis.errors import AnalysisError
-from analysis.figures import arm_styles, save_figure, style_context
+from analysis.style import arm_styles, save_figure, style_context
 from analysis.load import load_experiment
 from analysis.report import default_out_dir
 

@@ -1,9 +1,9 @@
-"""Figures of the hypersphere diagnostics (``training.diagnostics``), one JSON per arm.
+"""Figures of the hypersphere diagnostics (``training.model_diagnostics``), one JSON per arm.
 
 Each child run of an experiment logs its final diagnostics as the artifact ``diagnostics/final.json``
 (``{"scalars": ..., "distributions": ...}``); :func:`load_diagnostics` returns the
 ``distributions`` part, and the figure builders take ``{arm: distributions}``. Layout of a
-``distributions`` dict (documented in full in ``training/diagnostics.py``; no torch here)::
+``distributions`` dict (documented in full in ``training/model_diagnostics.py``; no torch here)::
 
     kind, n_layers, matrices, hidden_norm{mean, std}, weight_norm{<m>: {mean, std}},
     embedding_norm{embed, lm_head}, cond{<m>: [L]}, cond_heads{attn_*: [[H] * L]},
@@ -21,8 +21,8 @@ Figures (the analyses of the nGPT paper, Loshchilov et al., arXiv 2410.01131, Se
 * ``diag_norms``: hidden-state L2 norm after the embedding and after each block, and the mean row
   norm (along the embedding axis) of each layer's matrices, per arm.
 
-Styles come from :func:`analysis.figures.arm_styles` (readable in black and white); files are
-written by :func:`analysis.figures.save_figure` (PNG at 300 dpi and PDF).
+Styles come from :func:`analysis.style.arm_styles` (readable in black and white); files are
+written by :func:`analysis.style.save_figure` (PNG at 300 dpi and PDF).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from analysis.errors import AnalysisWarning
-from analysis.figures import ArmStyle, NotApplicable, arm_styles, caption, save_figure, style_context
+from analysis.style import ArmStyle, NotApplicable, arm_styles, caption, save_figure, style_context
 
 __all__ = [
     "diagnostics_figures",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 
 class AnalysisError(Exception):
     """Base class of every error the analysis package raises on purpose.
@@ -39,3 +41,8 @@ class NoRunsError(AnalysisError):
 
 class AnalysisWarning(UserWarning):
     """Warnings about skipped runs, missing metrics and figures that do not apply."""
+
+
+def warn(msg: str) -> None:
+    """An `AnalysisWarning` attributed to the caller of the function that calls this."""
+    warnings.warn(msg, AnalysisWarning, stacklevel=3)

@@ -2,7 +2,7 @@
 
 Every figure is written twice, as ``<name>.png`` (300 dpi) and ``<name>.pdf`` (vector, TrueType
 fonts embedded, no creation date so reruns give identical files). All figures share one style
-(:data:`STYLE`) and one per-arm style (:func:`arm_styles`): colour *and* line style *and* marker, so
+(:data:`analysis.style.STYLE`) and one per-arm style (:func:`analysis.style.arm_styles`): colour *and* line style *and* marker, so
 they stay readable in black and white. The baseline arm is always black and solid.
 
 Figures (``<sfx>`` is ``_ctx<L>`` when the experiment spans several context lengths, else empty):
@@ -29,23 +29,15 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
-from matplotlib.ticker import (
-    FuncFormatter,
-    LogLocator,
-    NullFormatter,
-    NullLocator,
-    ScalarFormatter,
-)
+from matplotlib.ticker import NullFormatter, NullLocator, ScalarFormatter
 
 from analysis import record
 from analysis.curves import (
@@ -56,61 +48,11 @@ from analysis.curves import (
     select_context,
 )
 from analysis.errors import AnalysisWarning
+from analysis.style import (LOSS_LABEL, TOKENS_LABEL, ArmStyle, NotApplicable, arm_styles, caption, format_tokens,
+                            markevery, ordered_arms, save_figure, style_context, target_lines, thin, tokens_axis)
 from analysis.tables import format_target
 
-__all__ = [
-    "STYLE",
-    "ArmStyle",
-    "FigureOutput",
-    "arm_styles",
-    "format_tokens",
-    "make_figures",
-    "save_figure",
-    "style_context",
-]
-
-# Okabe-Ito palette (colour-blind safe), baseline first in black
-_COLORS = ["#000000", "#D55E00", "#0072B2", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442"]
-_LINESTYLES: list[Any] = ["-", "--", "-.", ":", (0, (5, 1.5, 1, 1.5, 1, 1.5)), (0, (8, 2))]
-_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
-
-STYLE: dict[str, Any] = {
-    "font.size": 9,
-    "axes.labelsize": 9,
-    "axes.titlesize": 9,
-    "legend.fontsize": 8,
-    "xtick.labelsize": 8,
-    "ytick.labelsize": 8,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.grid": True,
-    "grid.alpha": 0.35,
-    "grid.linewidth": 0.5,
-    "lines.linewidth": 1.4,
-    "lines.markersize": 4.5,
-    "errorbar.capsize": 2.5,
-    "legend.frameon": False,
-    "savefig.bbox": "tight",
-    "savefig.pad_inches": 0.03,
-    "pdf.fonttype": 42,
-    "ps.fonttype": 42,
-    "figure.dpi": 100,
-}
-
-LOSS_LABEL = "validation loss (nats/token)"
-TOKENS_LABEL = "training tokens"
-_TARGET_LINE = dict(color="0.35", linewidth=0.8, linestyle=(0, (1, 2)), zorder=1)
-_MAX_LINE_POINTS = 4000
-
-
-@dataclass(frozen=True)
-class ArmStyle:
-    color: str
-    linestyle: Any
-    marker: str
-
-    def line_kwargs(self) -> dict[str, Any]:
-        return dict(color=self.color, linestyle=self.linestyle, marker=self.marker)
+__all__ = ["FigureOutput", "make_figures"]
 
 
 @dataclass
@@ -121,98 +63,9 @@ class FigureOutput:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-class NotApplicable(Exception):
-    """Raised by a figure builder when its figure does not apply to the data."""
-
-
-def arm_styles(arms: Sequence[str], baseline_arm: str | None = None) -> dict[str, ArmStyle]:
-    """One distinct (colour, line style, marker) per arm; the baseline gets black and solid."""
-    ordered = sorted(dict.fromkeys(arms), key=lambda a: (a != baseline_arm, str(a)))
-    return {
-        arm: ArmStyle(_COLORS[i % len(_COLORS)], _LINESTYLES[i % len(_LINESTYLES)],
-                      _MARKERS[i % len(_MARKERS)])
-        for i, arm in enumerate(ordered)
-    }
-
-
-def format_tokens(value: float, _pos: Any = None) -> str:
-    """1500000 -> '1.5M', 2e9 -> '2B', 50000 -> '50k'."""
-    if value is None or not math.isfinite(value):
-        return ""
-    v = abs(value)
-    for div, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if v >= div:
-            return f"{value / div:.3g}{suffix}"
-    return f"{value:.3g}"
-
-
-@contextmanager
-def style_context():
-    """``with style_context(): ...`` applies the shared figure style (used by every figure here)."""
-    with matplotlib.rc_context(STYLE):
-        yield
-
-
-def save_figure(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
-    """Write ``stem.png`` (300 dpi) and ``stem.pdf`` into ``out_dir``; returns both paths."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    png, pdf = out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"
-    with style_context():
-        fig.savefig(png, dpi=300, metadata={"Software": None})
-        fig.savefig(pdf, metadata={"CreationDate": None, "Creator": None, "Producer": None})
-    return [png, pdf]
-
-
 # --------------------------------------------------------------------------------------------------
 # small drawing helpers
 # --------------------------------------------------------------------------------------------------
-
-
-def _thin(x: np.ndarray, y: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, ...]:
-    n = len(x)
-    if n <= _MAX_LINE_POINTS:
-        return (x, y, *others)
-    idx = np.unique(np.r_[np.linspace(0, n - 1, _MAX_LINE_POINTS).astype(int), n - 1])
-    return tuple(np.asarray(a)[idx] for a in (x, y, *others))
-
-
-def _markevery(i: int) -> tuple[float, float]:
-    # ~10 markers per curve, staggered between arms so they do not sit on top of each other
-    return (0.02 * (i % 5), 0.1)
-
-
-def caption(fig: Figure, text: str) -> None:
-    """A caption-like note under everything drawn so far (call it last), saying what the figure's bands,
-    bars and marks are; `savefig.bbox` is tight, so it is kept in the saved file."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
-    bottom = fig.get_tightbbox(canvas.get_renderer()).y0 / fig.get_figheight()  # inches -> figure fraction
-    fig.text(0.5, bottom - 0.08 / fig.get_figheight(), text, ha="center", va="top", fontsize=7,
-             color="0.25", linespacing=1.3)
-
-
-def target_lines(ax: Any, targets: Sequence[float], where: str = "left") -> None:
-    """Dotted horizontal line per target, labelled at the left (curves fall from the upper left)."""
-    for t in targets:
-        ax.axhline(t, **_TARGET_LINE)
-        x, ha, dx = (0.0, "left", 3) if where == "left" else (1.0, "right", -3)
-        ax.annotate(f"target {format_target(t)}", xy=(x, t), xycoords=("axes fraction", "data"),
-                    xytext=(dx, 1.5), textcoords="offset points", ha=ha, va="bottom",
-                    fontsize=7, color="0.25")
-
-
-def tokens_axis(axis: Any, log: bool = False) -> None:
-    axis.set_major_formatter(FuncFormatter(format_tokens))
-    if log:
-        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        axis.set_minor_formatter(NullFormatter())
-
-
-def ordered_arms(arms: Sequence[str], styles: dict[str, ArmStyle]) -> list[str]:
-    order = list(styles)
-    return sorted(dict.fromkeys(arms), key=lambda a: order.index(a) if a in order else len(order))
 
 
 def _n_seeds(runs: pd.DataFrame, arm: str) -> int:
@@ -239,9 +92,9 @@ def fig_val_loss(frame: pd.DataFrame, targets: Sequence[float], styles: dict[str
         b = band[band["arm"] == arm]
         n = _n_seeds(runs, arm)
         label = arm if n <= 1 else f"{arm} (mean of {n} seeds)"
-        xs, ys, lo, hi = _thin(b["x"].to_numpy(), b["mean"].to_numpy(), b["min"].to_numpy(),
+        xs, ys, lo, hi = thin(b["x"].to_numpy(), b["mean"].to_numpy(), b["min"].to_numpy(),
                                b["max"].to_numpy())
-        ax.plot(xs, ys, label=label, markevery=_markevery(i), **styles[arm].line_kwargs())
+        ax.plot(xs, ys, label=label, markevery=markevery(i), **styles[arm].line_kwargs())
         if n > 1:
             any_band = True
             ax.fill_between(xs, lo, hi, color=styles[arm].color, alpha=0.15, linewidth=0)
@@ -506,8 +359,8 @@ def fig_train_loss_lr(frame: pd.DataFrame, styles: dict[str, ArmStyle]) -> Figur
             if name == record.TRAIN_LOSS and len(b) > 200:
                 window = max(window, len(b) // 100)
                 y = y.rolling(len(b) // 100, center=True, min_periods=1).mean()
-            xs, ys = _thin(b["x"].to_numpy(), y.to_numpy())
-            ax.plot(xs, ys, label=arm, markevery=_markevery(i), **styles[arm].line_kwargs())
+            xs, ys = thin(b["x"].to_numpy(), y.to_numpy())
+            ax.plot(xs, ys, label=arm, markevery=markevery(i), **styles[arm].line_kwargs())
         if name == record.TRAIN_LOSS:
             ax.set_ylabel("training loss (nats/token)")
             if window > 1:

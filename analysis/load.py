@@ -1,5 +1,8 @@
 """Load datgpt runs and their full metric histories from MLflow into one tidy pandas frame.
 
+The store is reached through analysis/store.py; which runs are kept is decided in analysis/runs.py; this
+module builds the frame (``load_experiment``).
+
 The MLflow layout written by the runner (the contract this module reads):
 
 * one experiment per experiment YAML;
@@ -20,40 +23,23 @@ unless ``include_unfinished=True``; runs without any ``val/loss`` are skipped wi
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pandas as pd
 
 from analysis import record
-from analysis.errors import (
-    AnalysisWarning,
-    NoRunsError,
-    TrackingStoreError,
-    UnknownExperimentError,
-    UnknownParentRunError,
-)
+from analysis.errors import NoRunsError, warn
+from analysis.runs import choose_parent, dedupe, lr_search_table, run_label, run_meta
+from analysis.store import ParentInfo, get_experiment, open_client, parent_info, search_all_runs
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
-__all__ = [
-    "FRAME_COLUMNS",
-    "ExperimentData",
-    "ParentInfo",
-    "resolve_tracking_uri",
-    "check_local_store",
-    "list_experiments",
-    "list_parents",
-    "load_experiment",
-]
+
+__all__ = ["FRAME_COLUMNS", "RUN_COLUMNS", "ExperimentData", "load_experiment"]
 
 
 FRAME_COLUMNS = [
@@ -86,20 +72,6 @@ RUN_COLUMNS = [
     "method",
     "branch_of",
 ]
-
-
-@dataclass
-class ParentInfo:
-    """Metadata of one parent run (one runner invocation)."""
-
-    run_id: str
-    name: str | None
-    targets: list[float]
-    baseline_arm: str | None
-    config_hash: str | None
-    git_commit: str | None
-    status: str
-    start_time: int | None  # ms since the epoch
 
 
 @dataclass
@@ -138,169 +110,6 @@ class ExperimentData:
         return sorted(arms, key=lambda a: (a != self.baseline_arm, str(a)))
 
 
-# --------------------------------------------------------------------------------------------------
-# tracking store
-# --------------------------------------------------------------------------------------------------
-
-
-def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
-    """The URI to read: the argument, else MLflow's current one (``mlflow.set_tracking_uri``, else
-    ``MLFLOW_TRACKING_URI``, else MLflow's default).
-
-    MLflow 3's default is ``sqlite:///mlflow.db`` in the working folder (or ``./mlruns`` when that
-    folder already holds data).
-    """
-    if tracking_uri:
-        return tracking_uri
-    import mlflow
-
-    # honours mlflow.set_tracking_uri() (e.g. by the runner), then MLFLOW_TRACKING_URI, then default
-    return mlflow.get_tracking_uri()
-
-
-def check_local_store(uri: str) -> None:
-    """Refuse to read a local store that does not exist (MLflow would silently create it)."""
-    hint = "set MLFLOW_TRACKING_URI or pass --tracking-uri"
-    if uri.startswith("sqlite:"):
-        path = unquote(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else ""
-        path = path.split("?", 1)[0]
-        if path and path != ":memory:" and not os.path.exists(path):
-            raise TrackingStoreError(f"no MLflow database at {os.path.abspath(path)} ({hint})")
-        return
-    parsed = urlparse(uri)
-    if parsed.scheme in ("", "file"):
-        path = unquote(parsed.path) if parsed.scheme == "file" else uri
-        if not os.path.isdir(path):
-            raise TrackingStoreError(f"no MLflow store at {os.path.abspath(path)} ({hint})")
-
-
-def _client(tracking_uri: str | None) -> tuple["MlflowClient", str]:
-    uri = resolve_tracking_uri(tracking_uri)
-    check_local_store(uri)
-    from mlflow.tracking import MlflowClient
-
-    try:
-        return MlflowClient(tracking_uri=uri), uri
-    except Exception as exc:  # noqa: BLE001 - MLflow raises many types here
-        raise TrackingStoreError(f"cannot open MLflow tracking store {uri}: {exc}") from exc
-
-
-def list_experiments(tracking_uri: str | None = None) -> list[str]:
-    """Names of the active experiments in the store."""
-    client, uri = _client(tracking_uri)
-    return _experiment_names(client, uri)
-
-
-def _experiment_names(client: "MlflowClient", uri: str) -> list[str]:
-    try:
-        exps = client.search_experiments()
-    except Exception as exc:  # noqa: BLE001
-        raise TrackingStoreError(f"cannot read experiments from {uri}: {exc}") from exc
-    return sorted(e.name for e in exps)
-
-
-def list_parents(experiment: str, tracking_uri: str | None = None) -> list[tuple[ParentInfo, int]]:
-    """Parent runs (invocations) of ``experiment``, newest first, with their number of child runs.
-
-    Reads run metadata only (no metric histories).
-    """
-    client, uri = _client(tracking_uri)
-    exp = _get_experiment(client, uri, experiment)
-    runs = _search_all_runs(client, exp.experiment_id)
-    counts: dict[str, int] = {}
-    for r in runs:
-        if r.data.tags.get(record.TAG_ROLE) != record.ROLE_PARENT and record.TAG_PARENT in r.data.tags:
-            counts[r.data.tags[record.TAG_PARENT]] = counts.get(r.data.tags[record.TAG_PARENT], 0) + 1
-    return [(_parent_info(r), counts.get(r.info.run_id, 0)) for r in runs
-            if r.data.tags.get(record.TAG_ROLE) == record.ROLE_PARENT]
-
-
-def _get_experiment(client: "MlflowClient", uri: str, experiment: str) -> Any:
-    try:
-        exp = client.get_experiment_by_name(experiment)
-    except Exception as exc:  # noqa: BLE001
-        raise TrackingStoreError(f"cannot read MLflow tracking store {uri}: {exc}") from exc
-    if exp is None or exp.lifecycle_stage != "active":
-        raise UnknownExperimentError(experiment, _experiment_names(client, uri), uri)
-    return exp
-
-
-def _search_all_runs(client: "MlflowClient", experiment_id: str) -> list["Run"]:
-    from mlflow.entities import ViewType
-
-    runs: list[Run] = []
-    token = None
-    while True:
-        page = client.search_runs(
-            experiment_ids=[experiment_id],
-            run_view_type=ViewType.ACTIVE_ONLY,
-            max_results=1000,
-            order_by=["attributes.start_time DESC"],
-            page_token=token,
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-# --------------------------------------------------------------------------------------------------
-# parsing helpers
-# --------------------------------------------------------------------------------------------------
-
-
-def _parse_int(value: Any) -> int | None:
-    if value is None:
-        return None
-    text = str(value).strip().replace("_", "")
-    if not text or text.lower() in ("none", "null", "nan"):
-        return None
-    try:
-        f = float(text)
-    except ValueError:
-        return None
-    if not math.isfinite(f):
-        return None
-    return int(round(f))
-
-
-def _parse_targets(text: str | None, run_id: str) -> list[float]:
-    if not text:
-        return []
-    try:
-        value = json.loads(text)
-    except (json.JSONDecodeError, TypeError):
-        value = [v for v in str(text).strip("[]() ").split(",") if v.strip()]
-    if isinstance(value, (int, float)):
-        value = [value]
-    out: list[float] = []
-    try:
-        for v in value:
-            out.append(float(v))
-    except (TypeError, ValueError):
-        warnings.warn(
-            f"parent run {run_id}: cannot parse tag {record.TAG_TARGETS}={text!r}; ignoring it",
-            AnalysisWarning,
-            stacklevel=3,
-        )
-        return []
-    return out
-
-
-def _parent_info(run: "Run") -> ParentInfo:
-    tags = run.data.tags
-    return ParentInfo(
-        run_id=run.info.run_id,
-        name=run.data.params.get("name") or tags.get(record.TAG_RUN_NAME),
-        targets=_parse_targets(tags.get(record.TAG_TARGETS), run.info.run_id),
-        baseline_arm=tags.get(record.TAG_BASELINE) or None,
-        config_hash=tags.get(record.TAG_CONFIG_HASH),
-        git_commit=tags.get(record.TAG_GIT_COMMIT),
-        status=run.info.status,
-        start_time=run.info.start_time,
-    )
-
-
 def _history(client: "MlflowClient", run_id: str, key: str) -> tuple[np.ndarray, np.ndarray]:
     """Full history of one metric as (step, value), one value per step (the last one logged)."""
     hist = client.get_metric_history(run_id, key)
@@ -332,15 +141,6 @@ def _join_by_step(steps: np.ndarray, src_steps: np.ndarray, src_values: np.ndarr
     return out
 
 
-# --------------------------------------------------------------------------------------------------
-# main entry point
-# --------------------------------------------------------------------------------------------------
-
-
-def _warn(msg: str) -> None:
-    warnings.warn(msg, AnalysisWarning, stacklevel=3)
-
-
 def load_experiment(
     experiment: str,
     *,
@@ -367,48 +167,48 @@ def load_experiment(
         UnknownParentRunError: ``parent_run_id`` is not a parent run of the experiment.
         NoRunsError: no usable child run is left.
     """
-    client, uri = _client(tracking_uri)
-    exp = _get_experiment(client, uri, experiment)
+    client, uri = open_client(tracking_uri)
+    exp = get_experiment(client, uri, experiment)
 
-    all_runs = _search_all_runs(client, exp.experiment_id)  # newest first
-    parents = {r.info.run_id: _parent_info(r) for r in all_runs
+    all_runs = search_all_runs(client, exp.experiment_id)  # newest first
+    parents = {r.info.run_id: parent_info(r) for r in all_runs
                if r.data.tags.get(record.TAG_ROLE) == record.ROLE_PARENT}
     children = [r for r in all_runs
                 if r.data.tags.get(record.TAG_ROLE) == record.ROLE_CHILD
                 or (r.data.tags.get(record.TAG_ROLE) is None and record.TAG_ARM in r.data.tags)]
 
     if parent_run_id is not None:
-        chosen = _choose_parent(parent_run_id, parents, experiment)
+        chosen = choose_parent(parent_run_id, parents, experiment)
         children = [r for r in children if r.data.tags.get(record.TAG_PARENT) == chosen]
         parents = {chosen: parents[chosen]}
 
     skipped: list[tuple[str, str]] = []
     kept: list[Run] = []
     for r in children:
-        label = _run_label(r)
+        label = run_label(r)
         if r.info.status != "FINISHED" and not include_unfinished:
             reason = f"status {r.info.status}"
             skipped.append((r.info.run_id, reason))
-            _warn(f"skipping {label}: {reason} (use --include-unfinished to keep it)")
+            warn(f"skipping {label}: {reason} (use --include-unfinished to keep it)")
             continue
         if not r.data.tags.get(record.TAG_ARM):
             skipped.append((r.info.run_id, f"no {record.TAG_ARM} tag"))
-            _warn(f"skipping {label}: no {record.TAG_ARM} tag")
+            warn(f"skipping {label}: no {record.TAG_ARM} tag")
             continue
         if record.VAL_LOSS not in r.data.metrics:
             skipped.append((r.info.run_id, f"no {record.VAL_LOSS}"))
-            _warn(f"skipping {label}: it logged no {record.VAL_LOSS}")
+            warn(f"skipping {label}: it logged no {record.VAL_LOSS}")
             continue
         kept.append(r)
 
-    lr_search = _lr_search_table(children)
+    lr_search = lr_search_table(children)
     kept = [r for r in kept if r.data.tags.get(record.TAG_LR_SELECTED) != "false"]  # grid runs not chosen
     methods = {r.data.tags.get(record.TAG_METHOD, record.METHOD_FULL) for r in kept}
     cooldown_runs = []
     if methods == {record.METHOD_FULL, record.METHOD_COOLDOWN}:
-        cooldown_runs = _dedupe([r for r in kept if r.data.tags.get(record.TAG_METHOD) == record.METHOD_COOLDOWN], skipped)
+        cooldown_runs = dedupe([r for r in kept if r.data.tags.get(record.TAG_METHOD) == record.METHOD_COOLDOWN], skipped)
         kept = [r for r in kept if r.data.tags.get(record.TAG_METHOD, record.METHOD_FULL) == record.METHOD_FULL]
-    kept = _dedupe(kept, skipped)
+    kept = dedupe(kept, skipped)
     if not kept:
         where = f" under parent run {parent_run_id}" if parent_run_id else ""
         detail = f" ({len(skipped)} skipped: see warnings)" if skipped else ""
@@ -434,13 +234,13 @@ def load_experiment(
     if baselines:
         baseline = baselines[0]
         if len(set(baselines)) > 1:
-            _warn(f"parent runs disagree on the baseline arm {sorted(set(baselines))}; "
+            warn(f"parent runs disagree on the baseline arm {sorted(set(baselines))}; "
                   f"using {baseline!r} from the most recent one")
     else:
         baseline = "gpt" if "gpt" in arms else arms[0]
-        _warn(f"no {record.TAG_BASELINE} tag on the parent run(s); using {baseline!r} as baseline")
+        warn(f"no {record.TAG_BASELINE} tag on the parent run(s); using {baseline!r} as baseline")
     if not targets:
-        _warn(f"no {record.TAG_TARGETS} tag on the parent run(s); no targets to summarise")
+        warn(f"no {record.TAG_TARGETS} tag on the parent run(s); no targets to summarise")
 
     return ExperimentData(
         experiment=experiment,
@@ -461,111 +261,11 @@ def _frames(client: "MlflowClient", runs: list["Run"], experiment: str, metrics:
             run_rows: list[dict[str, Any]]) -> pd.DataFrame:
     frames = []
     for r in runs:
-        info = _run_meta(r)
+        info = run_meta(r)
         run_rows.append(info)
         frames.append(_run_frame(client, r, info, experiment, metrics))
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=FRAME_COLUMNS)
     return _typed_frame(frame)
-
-
-def _lr_search_table(runs: list["Run"]) -> pd.DataFrame | None:
-    """Every learning-rate search run's final validation loss, with the choice re-derived (a run that
-    failed, e.g. diverged, counts as diverged; the newest run of each (context length, arm, budget, lr,
-    seed) is used). Each context length is a search of its own (an experiment may hold several: a
-    context-length series), so the table has a ``context_length`` column."""
-    from analysis.sweeps import select_lr
-
-    newest: dict[tuple, dict] = {}
-    for r in sorted(runs, key=lambda r: r.info.start_time or 0):
-        if r.data.tags.get(record.TAG_STAGE) != record.STAGE_SEARCH or r.info.status == "RUNNING":
-            continue
-        m = _run_meta(r)
-        loss = r.data.metrics.get(record.VAL_LOSS, math.nan) if r.info.status == "FINISHED" else math.nan
-        newest[(m["context_length"], m["arm"], m["budget"], m["lr"], m["seed"])] = {
-            "context_length": m["context_length"], "arm": m["arm"], "budget": m["budget"], "lr": m["lr"],
-            "seed": m["seed"], "final_val_loss": loss}
-    return select_lr(list(newest.values())) if newest else None
-
-
-def _choose_parent(wanted: str, parents: dict[str, ParentInfo], experiment: str) -> str:
-    if not parents:
-        raise UnknownParentRunError(f"experiment {experiment!r} has no parent runs "
-                                    f"({record.TAG_ROLE}=parent)")
-    if wanted == "latest":
-        return max(parents.values(), key=lambda p: p.start_time or 0).run_id
-    if wanted in parents:
-        return wanted
-    matches = [p for p in parents if p.startswith(wanted)] if len(wanted) >= 4 else []
-    if len(matches) == 1:
-        return matches[0]
-    listing = ", ".join(
-        p.run_id for p in sorted(parents.values(), key=lambda p: -(p.start_time or 0))[:10])
-    kind = "ambiguous" if len(matches) > 1 else "unknown"
-    raise UnknownParentRunError(
-        f"{kind} parent run {wanted!r} in experiment {experiment!r}; parent runs (newest first): "
-        f"{listing}")
-
-
-def _run_label(r: "Run") -> str:
-    tags = r.data.tags
-    arm = tags.get(record.TAG_ARM, "?")
-    seed = tags.get(record.TAG_SEED, "?")
-    budget = r.data.params.get(record.PARAM_BUDGET)
-    extra = f" budget={budget}" if budget else ""
-    return f"run {r.info.run_id} (arm={arm} seed={seed}{extra})"
-
-
-def _run_meta(r: "Run") -> dict[str, Any]:
-    tags, params = r.data.tags, r.data.params
-    seed = _parse_int(tags.get(record.TAG_SEED))
-    if seed is None:
-        seed = _parse_int(params.get("seed"))
-    return dict(
-        run_id=r.info.run_id,
-        parent_run_id=tags.get(record.TAG_PARENT, ""),
-        arm=tags.get(record.TAG_ARM),
-        seed=seed,
-        budget=_parse_int(params.get(record.PARAM_BUDGET)),
-        context_length=_parse_int(params.get(record.PARAM_CONTEXT)),
-        model_kind=tags.get(record.TAG_MODEL_KIND),
-        status=r.info.status,
-        start_time=r.info.start_time,
-        run_name=tags.get(record.TAG_RUN_NAME),
-        lr=_parse_float(params.get(record.PARAM_LR)),
-        method=tags.get(record.TAG_METHOD, record.METHOD_FULL),
-        branch_of=tags.get(record.TAG_BRANCH_OF),
-    )
-
-
-def _parse_float(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def _dedupe(runs: list["Run"], skipped: list[tuple[str, str]]) -> list["Run"]:
-    """Keep the most recently started run of each (arm, seed, budget, context length)."""
-    best: dict[tuple, Run] = {}
-    for r in runs:
-        m = _run_meta(r)
-        key = (m["arm"], m["seed"], m["budget"], m["context_length"])
-        prev = best.get(key)
-        if prev is None or (r.info.start_time or 0) > (prev.info.start_time or 0):
-            if prev is not None:
-                _note_duplicate(prev, r, skipped)
-            best[key] = r
-        else:
-            _note_duplicate(r, prev, skipped)
-    keep_ids = {r.info.run_id for r in best.values()}
-    return [r for r in runs if r.info.run_id in keep_ids]
-
-
-def _note_duplicate(dropped: "Run", kept: "Run", skipped: list[tuple[str, str]]) -> None:
-    reason = f"superseded by the newer run {kept.info.run_id}"
-    skipped.append((dropped.info.run_id, reason))
-    _warn(f"skipping {_run_label(dropped)}: {reason} (same arm/seed/budget/context; "
-          "pick one invocation with --parent)")
 
 
 def _run_frame(client: "MlflowClient", r: "Run", meta: dict[str, Any], experiment: str,
@@ -576,7 +276,7 @@ def _run_frame(client: "MlflowClient", r: "Run", meta: dict[str, Any], experimen
     el_steps, el_vals = (_history(client, r.info.run_id, record.ELAPSED_S)
                          if record.ELAPSED_S in keys else (np.empty(0, np.int64), np.empty(0)))
     if tok_steps.size == 0:
-        _warn(f"{_run_label(r)} logged no '{record.TOKENS}' metric; its tokens are NaN")
+        warn(f"{run_label(r)} logged no '{record.TOKENS}' metric; its tokens are NaN")
     wanted = [k for k in keys if k not in (record.TOKENS, record.ELAPSED_S)]
     if metrics is not None:
         prefixes = tuple(m for m in metrics if m.endswith("/"))  # "eval/": every metric under it

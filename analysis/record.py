@@ -109,12 +109,12 @@ DIAG_PREFIX = "diag"  # hypersphere diagnostics: diag/<group>/... (the per-layer
 
 
 def diag_metric(*parts: object) -> str:
-    """``diag/<part>/<part>/...``: a per-layer hypersphere-diagnostics value (training/diagnostics.py),
+    """``diag/<part>/<part>/...``: a per-layer hypersphere-diagnostics value (training/model_diagnostics.py),
     a key of the per-evaluation tables (:func:`diagnostics_artifact`), not an MLflow metric."""
     return "/".join([DIAG_PREFIX, *(str(p) for p in parts)])
 
 
-#: The few diagnostics logged as metrics at every evaluation (training/diagnostics.py ``summarize``).
+#: The few diagnostics logged as metrics at every evaluation (training/model_diagnostics.py ``summarize``).
 #: No "/" in the name: MLflow's chart view groups metrics by what comes before the last "/" and puts
 #: the metrics without one ("Model metrics") after every other section, i.e. after the losses.
 DIAG_SUMMARY_PREFIX = "diag."

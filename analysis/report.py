@@ -158,7 +158,7 @@ def _sweep_outputs(data: ExperimentData, summary: pd.DataFrame, report: Report, 
                          (data.frame, data.cooldown_frame, data.targets)))
     if figures:
         from analysis import sweep_figures
-        from analysis.figures import NotApplicable, arm_styles, save_figure, style_context
+        from analysis.style import NotApplicable, arm_styles, save_figure, style_context
 
         styles = arm_styles(data.arms, data.baseline_arm)
         for stem, name, args in attempts:

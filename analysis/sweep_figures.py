@@ -11,7 +11,7 @@ from matplotlib.ticker import NullLocator
 
 from analysis import record
 from analysis.curves import final_losses
-from analysis.figures import LOSS_LABEL, ArmStyle, NotApplicable, ordered_arms, target_lines, tokens_axis, format_tokens
+from analysis.style import LOSS_LABEL, ArmStyle, NotApplicable, format_tokens, ordered_arms, target_lines, tokens_axis
 
 __all__ = ["fig_lr_search", "fig_cooldown_vs_full"]
 

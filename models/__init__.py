@@ -1,10 +1,10 @@
 """Model definitions for datgpt: a baseline GPT and the normalized transformer nGPT.
 
-Both classes share one interface (see :class:`models.layers.LanguageModel`): ``forward(idx,
+Both classes share one interface (see :class:`models.base.LanguageModel`): ``forward(idx,
 targets=None) -> (logits, loss)``, ``optimizer_groups(weight_decay)``, ``post_step()``,
 ``num_params(exclude_embedding=False)``, ``flops_per_token(context_length=None)`` and
 ``generate(idx, max_new_tokens, temperature, top_k, generator)`` (KV-cached decoding,
-:class:`models.layers.KVCache`).
+:class:`models.generation.KVCache`).
 Models know nothing of YAML or MLflow; they are built from a :class:`ModelConfig`.
 """
 
@@ -20,13 +20,16 @@ MODEL_CLASSES: dict[str, type[nn.Module]] = {"gpt": GPT, "ngpt": NGPT}
 
 
 def build_model(config: ModelConfig, fused_norms: bool = True) -> nn.Module:
-    """Validate ``config`` and build the model its ``kind`` names (initialized, on the default
-    device and dtype). ``fused_norms=False`` builds nGPT with plain-autograd normalizations (see
-    :class:`NGPT`; for benchmarks and tests); the baseline ignores it."""
-    config.validate()
-    if config.kind == "ngpt":
+    """Build the model its ``kind`` names (initialized, on the default device and dtype); the model's
+    constructor validates ``config``, once. ``fused_norms=False`` builds nGPT with plain-autograd
+    normalizations (see :class:`NGPT`; for benchmarks and tests); the baseline ignores it."""
+    cls = MODEL_CLASSES.get(config.kind) if isinstance(config.kind, str) else None
+    if cls is None:
+        config.validate()  # raises, naming the unknown kind
+        raise ValueError(f"kind: no model class for {config.kind!r}")  # pragma: no cover - KINDS and MODEL_CLASSES agree
+    if cls is NGPT:
         return NGPT(config, fused_norms=fused_norms)
-    return MODEL_CLASSES[config.kind](config)
+    return cls(config)
 
 
 __all__ = ["GPT", "NGPT", "ModelConfig", "build_model", "MODEL_CLASSES"]

@@ -20,12 +20,11 @@ import math
 import torch
 import torch.nn as nn
 
+from .base import LanguageModel
 from .config import ModelConfig
+from .generation import KVCache, LayerKV
 from .layers import (
     GeluMLP,
-    KVCache,
-    LanguageModel,
-    LayerKV,
     RotaryEmbedding,
     SwiGLU,
     apply_rotary,

@@ -54,8 +54,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .base import LanguageModel
 from .config import ModelConfig
-from .layers import KVCache, LanguageModel, LayerKV, RotaryEmbedding, causal_attention, silu_gate
+from .generation import KVCache, LayerKV
+from .layers import RotaryEmbedding, causal_attention, silu_gate
 from .ngpt_ops import (
     l2_normalize,
     normalized_step,

@@ -47,7 +47,7 @@ def fineweb_parquet(tmp_path_factory) -> list[Path]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from training.tokenizer import get_encoding
+    from training.data.tokenizer import get_encoding
 
     enc = get_encoding("gpt2")
     folder = tmp_path_factory.mktemp("fineweb_parquet")
@@ -76,7 +76,7 @@ def fineweb_json(tmp_path_factory) -> Path:
     with `id` (stream position), `text`, `language`, `language_score` and `token_count` (GPT-2)."""
     import json
 
-    from training.tokenizer import get_encoding
+    from training.data.tokenizer import get_encoding
 
     enc = get_encoding("gpt2")
     docs = [d for _, part in fixture_documents() for d in part]

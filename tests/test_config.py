@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from training.config import ConfigError, build_experiment, flatten, load_experiment
+from training.config import flatten
+from training.experiment import build_experiment, load_experiment
 from training.schedule import lr_at
+from training.typed_yaml import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

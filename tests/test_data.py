@@ -7,10 +7,11 @@ import hashlib
 import pytest
 import torch
 
-from training import data as data_mod
 from training.config import DataConfig
-from training.data import DataError, TrainBatches, load_splits, resolve_corpus, val_windows
-from training.tokenizer import encode, get_encoding
+from training.data import corpus as data_mod
+from training.data import DataError
+from training.data.corpus import TrainBatches, load_splits, resolve_corpus, val_windows
+from training.data.tokenizer import encode, get_encoding
 
 
 def test_gpt2_tokenizer_offline(data_dir):

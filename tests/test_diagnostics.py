@@ -1,4 +1,4 @@
-"""Hypersphere diagnostics (training.diagnostics) and their figures (analysis.diagnostics)."""
+"""Hypersphere diagnostics (training.model_diagnostics) and their figures (analysis.diagnostics)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import torch
 from analysis import record
 from analysis.diagnostics import diagnostics_figures, fig_ngpt_scalars, load_diagnostics
 from analysis.errors import AnalysisWarning
-from analysis.figures import NotApplicable
+from analysis.style import NotApplicable
 from models import ModelConfig, build_model
-from training.diagnostics import MATRICES, Diagnostics, compute_diagnostics, condition_number
+from training.model_diagnostics import MATRICES, Diagnostics, compute_diagnostics, condition_number
 
 N_LAYERS, N_HEADS, D, HIDDEN, VOCAB, T = 2, 2, 32, 64, 48, 16
 

@@ -19,9 +19,10 @@ from lm_eval.api.instance import Instance  # noqa: E402
 from analysis.record import eval_metric, eval_results_artifact, metric_from_lm_eval, parse_eval_metric  # noqa: E402
 from models import ModelConfig, build_model  # noqa: E402
 from training import eval_tasks  # noqa: E402
-from training.config import ConfigError, build_experiment  # noqa: E402
+from training.data.tokenizer import EOT_TOKEN, GPT2_N_VOCAB, get_encoding  # noqa: E402
+from training.experiment import build_experiment  # noqa: E402
 from training.lm_eval_adapter import DatgptLM  # noqa: E402
-from training.tokenizer import EOT_TOKEN, GPT2_N_VOCAB, get_encoding  # noqa: E402
+from training.typed_yaml import ConfigError  # noqa: E402
 
 CONTEXT = 32
 ENC = get_encoding("gpt2")
@@ -393,12 +394,12 @@ def test_evaluate_command_missing_checkpoint(checkpoint, capsys):
 
 
 def test_hub_task_offline_fails_with_one_line_naming_task_and_network(checkpoint, capsys, monkeypatch):
-    import training.shards
+    import training.data.sources
     from training.evaluate import main
 
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(training.shards, "hub_unreachable", lambda timeout=5.0: "huggingface.co:443: unreachable")
+    monkeypatch.setattr(training.data.sources, "hub_unreachable", lambda timeout=5.0: "huggingface.co:443: unreachable")
     assert main(["--checkpoint", str(checkpoint), "--tasks", "verdict_choice,arc_easy", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: task arc_easy: its data is on the Hugging Face Hub, "

@@ -11,8 +11,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.container import ErrorbarContainer
 
 from analysis.diagnostics import fig_condition_numbers, fig_norms, log_ticks
-from analysis.figures import arm_styles, fig_tokens_to_target, style_context
-from training.diagnostics import compute_diagnostics
+from analysis.figures import fig_tokens_to_target
+from analysis.style import arm_styles, style_context
+from training.model_diagnostics import compute_diagnostics
 
 
 def drawn(fig):

@@ -14,9 +14,10 @@ import yaml
 import runner
 from models import ModelConfig, build_model
 from training import session
-from training.config import DataConfig, arm_to_dict, build_experiment, load_experiment
-from training.data import load_splits, val_windows
+from training.config import DataConfig, arm_to_dict
+from training.data.corpus import load_splits, val_windows
 from training.distributed import DistInfo
+from training.experiment import build_experiment, load_experiment
 from training.pretrained import PretrainedError, check_model, resolve
 from training.session import run_experiment
 
@@ -197,13 +198,14 @@ def test_an_arm_that_resumes_does_not_resolve_its_init_from_again(tmp_path):
     """A fine-tuning run interrupted after its first checkpoint continues from that checkpoint: its
     init_from is not looked up again (the pretrained file may be gone by then)."""
     from training.checkpoint import Invocation
-    from training.session import UsageError, _resolve_init_from
+    from training.errors import UsageError
+    from training.resume import resolve_init_from
 
     cfg = build_experiment(finetune_raw(str(tmp_path / "gone.pt"), str(tmp_path / "gone.pt")))
     invocation = Invocation(tmp_path / "tiny_ft" / "parent", "parent", "hash")
     (invocation.arm_folder("gpt", 0)).mkdir(parents=True)
     (invocation.arm_folder("gpt", 0) / "step_00000002.pt").write_bytes(b"")
     with pytest.raises(UsageError, match=r"^arms\.ngpt\.init_from: .*gone\.pt: no such file"):
-        _resolve_init_from(cfg, invocation)  # gpt resumes and is skipped; ngpt starts fresh and needs it
+        resolve_init_from(cfg, invocation)  # gpt resumes and is skipped; ngpt starts fresh and needs it
     cfg.arms = cfg.arms[:1]
-    assert _resolve_init_from(cfg, invocation) == {}
+    assert resolve_init_from(cfg, invocation) == {}

@@ -10,9 +10,9 @@ import yaml
 
 from analysis import record
 from training.checkpoint import checkpoints_in
-from training.config import load_experiment
-from training.data import load_splits
+from training.data.corpus import load_splits
 from training.distributed import DistInfo
+from training.experiment import load_experiment
 from training.trainer import CheckpointPlan, train_arm
 
 TINY = {

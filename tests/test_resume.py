@@ -18,9 +18,9 @@ import yaml
 from training import checkpoint as ckpt
 from training import trainer as trainer_mod
 from training.checkpoint import CheckpointError, checkpoints_in, load_latest
-from training.config import load_experiment
-from training.data import load_splits
+from training.data.corpus import load_splits
 from training.distributed import DistInfo
+from training.experiment import load_experiment
 from training.tracking import RunLogger, sync_unsynced
 from training.trainer import CheckpointPlan, TrainingDiverged, train_arm
 

@@ -16,9 +16,9 @@ import yaml
 
 import runner
 from analysis import record
-from training.config import load_experiment
-from training.data import load_splits
+from training.data.corpus import load_splits
 from training.distributed import DistInfo
+from training.experiment import load_experiment
 from training.trainer import train_arm
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from models import ModelConfig, build_model
-from models.layers import KVCache
+from models.generation import KVCache
 from training.checkpoint import save_checkpoint
 from training.sample import main as sample_main
 
@@ -177,7 +177,7 @@ class _no_exit:
 def test_model_logged_to_mlflow_loads_back_with_mlflows_api(tmp_path, monkeypatch, capsys):
     import mlflow.pytorch
 
-    from training.session import log_model
+    from training.artifacts import log_model
     from training.tracking import Tracker
 
     monkeypatch.chdir(tmp_path)  # the default artifact root (./mlruns) goes here

@@ -13,12 +13,16 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from training import shards
-from training.config import ConfigError, DataConfig, HFDataConfig, build_experiment
-from training.data import DataError, TrainBatches, load_splits, rank_micro_batches, val_windows
-from training.shards import (HEADER_BYTES, MAGIC, FileSource, PrepareSettings, ShardedTokens, open_folder,
-                             prepare, read_header, read_shard, write_shard)
-from training.tokenizer import EOT_TOKEN, get_encoding
+from training.config import DataConfig, HFDataConfig
+from training.data import DataError, cli, sources
+from training.data import prepare as prepare_mod
+from training.data.corpus import TrainBatches, load_splits, rank_micro_batches, val_windows
+from training.data.prepare import PrepareSettings, prepare
+from training.data.shards import HEADER_BYTES, MAGIC, ShardedTokens, open_folder, read_header, read_shard, write_shard
+from training.data.sources import FileSource
+from training.data.tokenizer import EOT_TOKEN, get_encoding
+from training.experiment import build_experiment
+from training.typed_yaml import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -171,7 +175,7 @@ def test_resume_after_max_shards_is_byte_identical(tmp_path, fineweb_parquet, tw
 
 def test_resume_after_a_crash_mid_prepare(tmp_path, fineweb_parquet, two_files_prepared, monkeypatch):
     out = tmp_path / "crashed"
-    real_write = shards.write_shard
+    real_write = prepare_mod.write_shard
     calls = []
 
     def crash_on_fifth(path, tokens):
@@ -181,10 +185,10 @@ def test_resume_after_a_crash_mid_prepare(tmp_path, fineweb_parquet, two_files_p
             raise KeyboardInterrupt
         real_write(path, tokens)
 
-    monkeypatch.setattr(shards, "write_shard", crash_on_fifth)
+    monkeypatch.setattr(prepare_mod, "write_shard", crash_on_fifth)
     with pytest.raises(KeyboardInterrupt):
         run_prepare(fineweb_parquet, out, workers=1)
-    monkeypatch.setattr(shards, "write_shard", real_write)
+    monkeypatch.setattr(prepare_mod, "write_shard", real_write)
     assert len(json.loads((out / "manifest.json").read_text())["shards"]) == 4
     run_prepare(fineweb_parquet, out, workers=1)
     assert folder_bytes(out) == folder_bytes(two_files_prepared)
@@ -196,11 +200,11 @@ def test_cli_resumes_and_refuses_other_settings(tmp_path, fineweb_parquet, two_f
     out = tmp_path / "cli"
     args = ["prepare", *files, "--out", str(out), "--val-tokens", "2e3", "--shard-tokens", "2_000",
             "--workers", "1", "--no-progress"]
-    assert shards.main(args + ["--max-shards", "1"]) == 0
-    assert shards.main(args) == 0
+    assert cli.main(args + ["--max-shards", "1"]) == 0
+    assert cli.main(args) == 0
     assert folder_bytes(out) == folder_bytes(two_files_prepared)
-    assert shards.main(args) == 0 and "already prepared" in capsys.readouterr().err
-    assert shards.main(args[:-5] + ["--shard-tokens", "3000", "--workers", "1", "--no-progress"]) == 2
+    assert cli.main(args) == 0 and "already prepared" in capsys.readouterr().err
+    assert cli.main(args[:-5] + ["--shard-tokens", "3000", "--workers", "1", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "holds a prepare with other settings" in err
 
@@ -259,14 +263,14 @@ def test_yaml_hf_kind_prepares_into_the_cache_once(tmp_path, fineweb_parquet, mo
     for name, blob in folder_bytes(folder).items():
         if name.endswith(".bin"):
             assert blob == (two_files_prepared / name).read_bytes(), name
-    monkeypatch.setattr(shards, "prepare", lambda *a, **k: pytest.fail("prepared twice"))
+    monkeypatch.setattr(prepare_mod, "prepare", lambda *a, **k: pytest.fail("prepared twice"))
     assert load_splits(cfg.data, "gpt2", 16).source == folder  # the second use reads the cache
     other = build_experiment({**raw, "data": {"hf": {**raw["data"]["hf"], "val_tokens": 3_000}}})
-    assert shards.cache_folder(*_hf(other)) != folder  # other settings, other cache folder
+    assert prepare_mod.cache_folder(*_hf(other)) != folder  # other settings, other cache folder
 
 
 def _hf(cfg):
-    from training.data import hf_source
+    from training.data.corpus import hf_source
 
     return hf_source(cfg.data)
 
@@ -334,13 +338,13 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys, data_dir):
          "--max-tokens: 100 leaves no training tokens"),
     ]
     for args, message in cases:
-        assert shards.main(args) == 2
+        assert cli.main(args) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
     assert not (tmp_path / "o").exists()
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
-    assert shards.main(["prepare", str(data_dir / "the-verdict.txt"), "--out", str(tmp_path / "busy")]) == 2
+    assert cli.main(["prepare", str(data_dir / "the-verdict.txt"), "--out", str(tmp_path / "busy")]) == 2
     assert "is not empty and holds no manifest.json" in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "busy").iterdir() if not p.name.startswith(".")] == ["notes.txt"]
 
@@ -386,7 +390,7 @@ def test_config_data_kinds_and_errors():
 
 def test_yaml_hf_offline_is_a_data_error_and_creates_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("DATGPT_DATA_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(shards, "hub_unreachable", lambda timeout=5.0: "huggingface.co:443: no route")
+    monkeypatch.setattr(sources, "hub_unreachable", lambda timeout=5.0: "huggingface.co:443: no route")
     cfg = DataConfig(hf=HFDataConfig(name="HuggingFaceFW/fineweb", config="sample-10BT", max_tokens=2_000_000))
     with pytest.raises(DataError) as err:
         load_splits(cfg, "gpt2", 64)

@@ -11,9 +11,9 @@ import torch
 
 from analysis.sweeps import chosen_lrs, compare_methods, edge_warnings, select_lr
 from training import session, sweep
-from training.config import build_experiment
-from training.data import load_splits
+from training.data.corpus import load_splits
 from training.distributed import DistInfo
+from training.experiment import build_experiment
 from training.schedule import lr_at
 from training.trainer import train_arm as real_train_arm
 

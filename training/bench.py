@@ -19,7 +19,6 @@ d_model x context, against the measured bf16 matrix-product peak of the GPU (`--
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -29,7 +28,8 @@ import torch
 
 from models import ModelConfig, build_model
 from models.config import KINDS
-from training.config import ConfigError, apply_overrides
+from training.cli import OneLineParser
+from training.typed_yaml import ConfigError, apply_overrides
 
 SHAPES = {  # shared model shapes; the arm sets `kind`
     "gpt2-small": dict(n_layers=12, n_heads=12, n_embd=768, vocab_size=50304, mlp="swiglu", tied_embeddings=False),
@@ -148,7 +148,7 @@ def arm_name(config: ModelConfig, fused_norms: bool = True) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.bench", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m training.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--arms", default="gpt,ngpt",
                         help="model kinds to compare, e.g. gpt,ngpt (first = reference); ngpt-plain: nGPT with "
                              "plain-autograd normalizations (models/ngpt_ops.py)")
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, TypeError, ValueError) as err:
         return fail(f"model: {err}")
     device = torch.device(args.device)
-    from training.trainer import measure_peak_flops
+    from training.runtime import measure_peak_flops
 
     if device.type == "cpu":  # as the runner does on CPU (training/allocator.py)
         from training.allocator import keep_freed_memory

@@ -18,14 +18,14 @@ leaves the previous checkpoint intact. Loading uses `torch.load(weights_only=Tru
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from training.atomic import atomic_write
 
 CHECKPOINT_VERSION = 1
 _STEP_FILE = re.compile(r"^step_(\d{8})\.pt$")
@@ -35,26 +35,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint folder that cannot be written, or a checkpoint that cannot be used."""
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def check_writable(folder: Path) -> None:
     """Fail before training when checkpoints could not be written there."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        _atomic_write(folder / ".write_test", lambda f: f.write(b"ok"))
+        atomic_write(folder / ".write_test", lambda f: f.write(b"ok"))
         (folder / ".write_test").unlink()
     except OSError as err:
         raise CheckpointError(f"checkpoint.dir: cannot write checkpoints to {folder} ({err.strerror or err})") from None
@@ -76,7 +61,7 @@ class Invocation:
     def save(self) -> None:
         blob = json.dumps({"parent_run_id": self.parent_run_id, "config_hash": self.config_hash,
                            "finished": self.finished, "version": CHECKPOINT_VERSION}, indent=2).encode()
-        _atomic_write(self.manifest, lambda f: f.write(blob))
+        atomic_write(self.manifest, lambda f: f.write(blob))
 
     def arm_folder(self, arm: str, seed: int) -> Path:
         return self.folder / f"{arm}-seed{seed}"
@@ -117,7 +102,7 @@ def save_checkpoint(folder: Path, step: int, state: dict[str, Any], keep_last: i
     path = folder / f"step_{step:08d}.pt"
     state = {**state, "version": CHECKPOINT_VERSION, "step": step}
     try:
-        _atomic_write(path, lambda f: torch.save(state, f))
+        atomic_write(path, lambda f: torch.save(state, f))
     except OSError as err:
         raise CheckpointError(f"checkpoint.dir: could not write {path} ({err.strerror or err}); the previous "
                               f"checkpoint is intact") from None
@@ -135,7 +120,7 @@ def save_branch(folder: Path, step: int, state: dict[str, Any]) -> Path:
     path = branch_path(folder, step)
     state = {**state, "version": CHECKPOINT_VERSION, "step": step}
     try:
-        _atomic_write(path, lambda f: torch.save(state, f))
+        atomic_write(path, lambda f: torch.save(state, f))
     except OSError as err:
         raise CheckpointError(f"checkpoint.dir: could not write {path} ({err.strerror or err})") from None
     return path

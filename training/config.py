@@ -5,31 +5,26 @@ inherits the shared sections and overrides keys of them. Every error names the k
 (`arms.ngpt.optim.lr: ...`) and is raised as `ConfigError`, which the runner turns into one line on
 stderr and exit code 2.
 
+This module is the schema: the sections, their defaults and checks, and what is hashed and logged.
+training/experiment.py builds an `ExperimentConfig` from a YAML file; training/typed_yaml.py is the generic
+typed conversion with key-path errors under both.
+
 The defaults live in the dataclasses below (and, for the model, in `models.config.ModelConfig`): they
 are the single source of truth, documented next to each field.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import difflib
 import hashlib
 import json
-import math
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from models.config import ModelConfig
-
-
-class ConfigError(ValueError):
-    """A bad experiment configuration; the message starts with the offending key path."""
+from training.typed_yaml import ConfigError, build, positive
 
 
 @dataclass
@@ -65,16 +60,16 @@ class DataConfig:
 DATA_SOURCE_KEYS = ("path", "shards", "hf")  # at most one of these; each replaces data.dataset
 
 
-def _build_data(raw: Any) -> DataConfig:
+def build_data(raw: Any) -> DataConfig:
     """`data` with its nested `hf` section (`hf: NAME` is short for `hf: {name: NAME}`)."""
     if not isinstance(raw, dict) or raw.get("hf") is None:
-        return _build(DataConfig, raw, "data")
+        return build(DataConfig, raw, "data", CHOICES)
     raw = dict(raw)
     hf_raw = raw.pop("hf")
     if isinstance(hf_raw, str):
         hf_raw = {"name": hf_raw}
-    data = _build(DataConfig, raw, "data")
-    data.hf = _build(HFDataConfig, hf_raw, "data.hf")
+    data = build(DataConfig, raw, "data", CHOICES)
+    data.hf = build(HFDataConfig, hf_raw, "data.hf", CHOICES)
     hf = data.hf
     if not hf.name.strip():
         raise ConfigError("data.hf.name: required, a dataset name such as HuggingFaceFW/fineweb")
@@ -85,7 +80,7 @@ def _build_data(raw: Any) -> DataConfig:
     if hf.data_files is not None and not hf.data_files:
         raise ConfigError("data.hf.data_files: give at least one file, or null")
     for key in ("val_tokens", "shard_tokens"):
-        _positive(f"data.hf.{key}", getattr(hf, key))
+        positive(f"data.hf.{key}", getattr(hf, key))
     if hf.max_tokens is not None and hf.max_tokens <= hf.val_tokens:
         raise ConfigError(f"data.hf.max_tokens: {hf.max_tokens} leaves no training tokens after "
                           f"data.hf.val_tokens={hf.val_tokens}")
@@ -128,7 +123,7 @@ class TrackingConfig:
     log_samples: bool = True  # log text sampled from fixed prompts at the end of each child run (samples/samples.txt)
     log_diagnostics: bool = True  # hypersphere diagnostics (norms, condition numbers, nGPT scalars) at every
     # evaluation: a few diag.* summary metrics and the per-layer table diagnostics/step_XXXXXXXX.json; the final
-    # distributions as diagnostics/final.json (training/diagnostics.py)
+    # distributions as diagnostics/final.json (training/model_diagnostics.py)
 
 
 @dataclass
@@ -156,17 +151,17 @@ class EvalConfig:
         return bool(self.tasks)
 
 
-def _build_eval(raw: Any) -> EvalConfig:
-    cfg = _build(EvalConfig, raw, "eval")
+def build_eval(raw: Any) -> EvalConfig:
+    cfg = build(EvalConfig, raw, "eval", CHOICES)
     for i, task in enumerate(cfg.tasks):
         if not task.strip() or task != task.strip() or "," in task:
             raise ConfigError(f"eval.tasks[{i}]: {task!r} is not an lm-eval task name")
     if len(set(cfg.tasks)) != len(cfg.tasks):
         raise ConfigError(f"eval.tasks: duplicate tasks in {cfg.tasks}")
-    _positive("eval.every_tokens", cfg.every_tokens, allow_zero=True)
+    positive("eval.every_tokens", cfg.every_tokens, allow_zero=True)
     if cfg.limit is not None:
-        _positive("eval.limit", cfg.limit)
-    _positive("eval.batch_size", cfg.batch_size)
+        positive("eval.limit", cfg.limit)
+    positive("eval.batch_size", cfg.batch_size)
     return cfg
 
 
@@ -335,99 +330,18 @@ TOKENIZER_VOCAB = {"gpt2": 50257}  # token ids the model must be able to embed
 BUILTIN_DATASETS = ("verdict", "tinyshakespeare")
 
 
-def _type_name(tp: Any) -> str:
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
-
-
-def _convert(value: Any, tp: Any, path: str) -> Any:
-    """Convert a YAML value to the annotated type, or raise ConfigError naming the key path."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return _convert(value, args[0], path)
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
-            value = [value]
-        if not isinstance(value, list):
-            raise ConfigError(f"{path}: expected a list, got {value!r}")
-        return [_convert(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{path}: expected true or false, got {value!r}")
-    if tp in (int, float):
-        number = value
-        if isinstance(value, str):  # YAML reads 1e6 and 2_000_000 as strings in some spellings
-            try:
-                number = float(value.replace("_", ""))
-            except ValueError:
-                raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}") from None
-        if isinstance(number, bool) or not isinstance(number, (int, float)):
-            raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
-        if not math.isfinite(number):
-            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
-        if tp is int:
-            if float(number) != int(number):
-                raise ConfigError(f"{path}: expected an integer, got {value!r}")
-            return int(number)
-        return float(number)
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, bool) and path.endswith(".compile"):  # `compile: true` reads naturally
-            return "on" if value else "off"
-        raise ConfigError(f"{path}: expected a string, got {value!r}")
-    raise ConfigError(f"{path}: unsupported type {tp}")  # pragma: no cover - schema bug
-
-
-def _build(cls: type, raw: Any, path: str) -> Any:
-    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
-    kwargs = {}
-    for key, value in raw.items():
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else f" (known keys: {', '.join(names)})"
-            raise ConfigError(f"{path}.{key}: unknown key{hint}")
-        kwargs[key] = _convert(value, hints[key], f"{path}.{key}")
-    for key, value in kwargs.items():
-        choices = CHOICES.get(f"{path.split('.')[-1]}.{key}")
-        if choices and value not in choices:
-            raise ConfigError(f"{path}.{key}: must be one of {', '.join(choices)}; got {value!r}")
-    try:
-        return cls(**kwargs)
-    except ValueError as err:  # ModelConfig validates itself; its messages start with the field
-        field_name, sep, rest = str(err).partition(":")
-        if sep and field_name.strip() in names:
-            raise ConfigError(f"{path}.{field_name.strip()}:{rest}") from None
-        raise ConfigError(f"{path}: {err}") from None
-
-
-def _positive(path: str, value: float, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"{path}: must be {'non-negative' if allow_zero else 'positive'}, got {value!r}")
-
-
-def _validate_arm(arm: ArmConfig, prefix: str) -> None:
+def validate_arm(arm: ArmConfig, prefix: str) -> None:
     t, o = arm.train, arm.optim
     for key in ("tokens", "micro_batch_size", "grad_accum_steps", "eval_every_tokens", "eval_tokens",
                 "log_every_steps"):
-        _positive(f"{prefix('train', key)}", getattr(t, key))
-    _positive(prefix("train", "grad_clip"), t.grad_clip, allow_zero=True)
+        positive(f"{prefix('train', key)}", getattr(t, key))
+    positive(prefix("train", "grad_clip"), t.grad_clip, allow_zero=True)
     if t.peak_flops is not None:
-        _positive(prefix("train", "peak_flops"), t.peak_flops)
-    _positive(prefix("optim", "lr"), o.lr)
+        positive(prefix("train", "peak_flops"), t.peak_flops)
+    positive(prefix("optim", "lr"), o.lr)
     for key in ("weight_decay", "warmup_tokens", "min_lr_ratio"):
-        _positive(prefix("optim", key), getattr(o, key), allow_zero=True)
-    _positive(prefix("optim", "eps"), o.eps)
+        positive(prefix("optim", key), getattr(o, key), allow_zero=True)
+    positive(prefix("optim", "eps"), o.eps)
     for key in ("beta1", "beta2"):
         if not 0 <= getattr(o, key) < 1:
             raise ConfigError(f"{prefix('optim', key)}: must be in [0, 1), got {getattr(o, key)!r}")
@@ -444,259 +358,3 @@ def _validate_arm(arm: ArmConfig, prefix: str) -> None:
                           f"train.tokens={t.tokens}")
 
 
-def _merge(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """`train.tokens=1e6` -> (["train", "tokens"], 1000000.0); the value is read as YAML."""
-    if "=" not in text:
-        raise ConfigError(f"--set {text}: expected KEY.PATH=VALUE")
-    key, _, raw_value = text.partition("=")
-    parts = [p for p in key.strip().split(".")]
-    if not key.strip() or any(not p for p in parts):
-        raise ConfigError(f"--set {text}: expected KEY.PATH=VALUE")
-    try:
-        value = yaml.safe_load(raw_value) if raw_value.strip() else None
-    except yaml.YAMLError:
-        value = raw_value
-    return parts, value
-
-
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    raw = copy.deepcopy(raw)
-    for text in overrides:
-        parts, value = parse_override(text)
-        node = raw
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {text}: {'.'.join(parts[:i + 1])} is not a mapping")
-            node = child
-        node[parts[-1]] = value
-    return raw
-
-
-def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such experiment file")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a UTF-8 text file") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the document must be a mapping of keys (name, arms, ...), "
-                          f"got {type(raw).__name__}")
-    return raw
-
-
-def build_experiment(raw: dict, source: str = "") -> ExperimentConfig:
-    """Validate a raw mapping (YAML with overrides applied) into an ExperimentConfig."""
-    for key in raw:
-        if key not in TOP_LEVEL_KEYS:
-            close = difflib.get_close_matches(str(key), sorted(TOP_LEVEL_KEYS), n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            raise ConfigError(f"{key}: unknown key{hint}")
-    name = raw.get("name")
-    if not isinstance(name, str) or not name.strip():
-        raise ConfigError("name: required, a non-empty string naming the experiment")
-    seeds = _convert(raw.get("seeds", [0]), list[int], "seeds")
-    if not seeds:
-        raise ConfigError("seeds: give at least one seed")
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"seeds: duplicate seeds in {seeds}")
-    targets = _convert(raw.get("targets", []), list[float], "targets")
-    if any(t <= 0 for t in targets):
-        raise ConfigError(f"targets: target losses must be positive, got {targets}")
-    data = _build_data(raw.get("data"))
-    chosen = [key for key in DATA_SOURCE_KEYS if getattr(data, key) is not None]
-    if len(chosen) > 1:
-        raise ConfigError(f"data.{chosen[1]}: set only one of data.{', data.'.join(DATA_SOURCE_KEYS)} "
-                          f"(data.{chosen[0]} is set too)")
-    if data.shards is not None and not data.shards.strip():
-        raise ConfigError("data.shards: must be a folder path, or null")
-    if not chosen and data.dataset not in BUILTIN_DATASETS:
-        raise ConfigError(f"data.dataset: unknown corpus {data.dataset!r}; built-in: "
-                          f"{', '.join(BUILTIN_DATASETS)} (or set data.path, data.shards or data.hf)")
-    if not 0 < data.val_fraction < 1:
-        raise ConfigError(f"data.val_fraction: must be between 0 and 1, got {data.val_fraction!r}")
-    tokenizer = _convert(raw.get("tokenizer", "gpt2"), str, "tokenizer")
-    if tokenizer not in TOKENIZERS:
-        raise ConfigError(f"tokenizer: must be one of {', '.join(TOKENIZERS)}; got {tokenizer!r}")
-    tracking = _build(TrackingConfig, raw.get("tracking"), "tracking")
-    checkpoint = _build(CheckpointConfig, raw.get("checkpoint"), "checkpoint")
-    _positive("checkpoint.every_tokens", checkpoint.every_tokens, allow_zero=True)
-    _positive("checkpoint.keep_last", checkpoint.keep_last)
-    if not checkpoint.dir.strip():
-        raise ConfigError("checkpoint.dir: must be a folder path, got an empty string")
-
-    shared = {}
-    for section in SHARED_SECTIONS:
-        value = raw.get(section) or {}
-        if not isinstance(value, dict):
-            raise ConfigError(f"{section}: expected a mapping of keys, got {value!r}")
-        shared[section] = value
-    arms_raw = raw.get("arms")
-    if not isinstance(arms_raw, dict) or not arms_raw:
-        raise ConfigError("arms: required, a mapping of arm name to overrides, e.g. "
-                          "{gpt: {model: {kind: gpt}}, ngpt: {model: {kind: ngpt}}}")
-    arms = []
-    for arm_name, arm_raw in arms_raw.items():
-        if not isinstance(arm_name, str) or not arm_name.replace("_", "").replace("-", "").isalnum():
-            raise ConfigError(f"arms.{arm_name}: arm names must be letters, digits, '_' or '-'")
-        arm_raw = arm_raw or {}
-        if not isinstance(arm_raw, dict):
-            raise ConfigError(f"arms.{arm_name}: expected a mapping with model/train/optim, got {arm_raw!r}")
-        for key in arm_raw:
-            if key not in ARM_KEYS:
-                raise ConfigError(f"arms.{arm_name}.{key}: unknown key (an arm sets only "
-                                  f"{', '.join(ARM_KEYS)})")
-        init_from = _convert(arm_raw.get("init_from"), str | None, f"arms.{arm_name}.init_from")
-        enabled = _convert(arm_raw.get("enabled", True), bool, f"arms.{arm_name}.enabled")
-        if init_from is not None and not init_from.strip():
-            raise ConfigError(f"arms.{arm_name}.init_from: must be a checkpoint path, EXPERIMENT/ARM or an "
-                              f"MLflow run id, or null")
-
-        def path_of(section: str, key: str, _arm=arm_name, _raw=arm_raw) -> str:
-            own = isinstance(_raw.get(section), dict) and key in _raw[section]
-            return f"arms.{_arm}.{section}.{key}" if own else f"{section}.{key}"
-
-        built = {}
-        for section, cls in SHARED_SECTIONS.items():
-            override = arm_raw.get(section) or {}
-            if not isinstance(override, dict):
-                raise ConfigError(f"arms.{arm_name}.{section}: expected a mapping of keys, got {override!r}")
-            merged = _merge(shared[section], override)
-            try:
-                built[section] = _build(cls, merged, section)
-            except ConfigError as err:  # re-point the path at the arm when the arm set the key
-                key_path, _, rest = str(err).partition(":")
-                parts = key_path.split(".")
-                if len(parts) >= 2 and parts[0] == section:
-                    key_path = path_of(section, parts[1]) + "".join("." + p for p in parts[2:])
-                raise ConfigError(f"{key_path}:{rest}") from None
-        arm = ArmConfig(name=arm_name, **built, init_from=init_from.strip() if init_from else None, enabled=enabled)
-        if arm.model.vocab_size < TOKENIZER_VOCAB[tokenizer]:
-            raise ConfigError(f"{path_of('model', 'vocab_size')}: {arm.model.vocab_size} is smaller than the "
-                              f"{tokenizer} tokenizer's {TOKENIZER_VOCAB[tokenizer]} tokens")
-        _validate_arm(arm, path_of)
-        arms.append(arm)
-    baseline = _convert(raw.get("baseline"), str | None, "baseline")
-    if baseline is not None and baseline not in arms_raw:
-        raise ConfigError(f"baseline: {baseline!r} is not an arm{_did_you_mean(baseline, list(arms_raw))}")
-    sweep = _build_sweep(raw.get("sweep"), arms, seeds, checkpoint)
-    eval_cfg = _build_eval(raw.get("eval"))
-    return ExperimentConfig(name=name.strip(), arms=arms, seeds=seeds, data=data, tokenizer=tokenizer,
-                            targets=targets, tracking=tracking, checkpoint=checkpoint, sweep=sweep,
-                            eval=eval_cfg, baseline=baseline, source=source)
-
-
-def _did_you_mean(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
-    return f" (did you mean {close[0]}?)" if close else f" (arms: {', '.join(map(str, choices))})"
-
-
-def _build_sweep(raw: Any, arms: list[ArmConfig], seeds: list[int], checkpoint: CheckpointConfig) -> SweepConfig:
-    """`sweep`, checked against the arms: every budget must be trainable by every arm."""
-    if raw is None:
-        return SweepConfig()
-    if not isinstance(raw, dict):
-        raise ConfigError(f"sweep: expected a mapping of keys (budgets, method, lr, lr_budget, lr_seeds), got {raw!r}")
-    raw = dict(raw)
-    lr_raw = raw.pop("lr", None)
-    lr_budget_raw = raw.pop("lr_budget", None)
-    sweep = _build(SweepConfig, raw, "sweep")
-    names = [a.name for a in arms]
-    if sweep.budgets is not None:
-        if not sweep.budgets:
-            raise ConfigError("sweep.budgets: give at least one token budget, or null")
-        if len(set(sweep.budgets)) != len(sweep.budgets):
-            raise ConfigError(f"sweep.budgets: duplicate budgets in {sweep.budgets}")
-        sweep.budgets = sorted(sweep.budgets)
-        for budget in sweep.budgets:
-            _positive("sweep.budgets", budget)
-            for arm in arms:
-                steps = budget // arm.tokens_per_step()
-                if steps < 1:
-                    raise ConfigError(f"sweep.budgets: {budget} tokens is less than one optimizer step of arm "
-                                      f"{arm.name} ({arm.tokens_per_step()} tokens)")
-                if arm.optim.warmup_tokens >= budget:
-                    raise ConfigError(f"sweep.budgets: {budget} tokens is within arm {arm.name}'s "
-                                      f"optim.warmup_tokens={arm.optim.warmup_tokens}")
-    if lr_raw is not None:
-        if not isinstance(lr_raw, dict):
-            raise ConfigError(f"sweep.lr: expected a mapping of arm name to a list of learning rates, got {lr_raw!r}")
-        for arm_name, grid in lr_raw.items():
-            if arm_name not in names:
-                raise ConfigError(f"sweep.lr.{arm_name}: not an arm{_did_you_mean(arm_name, names)}")
-            values = _convert(grid, list[float], f"sweep.lr.{arm_name}")
-            if not values:
-                raise ConfigError(f"sweep.lr.{arm_name}: give at least one learning rate")
-            if any(v <= 0 for v in values):
-                raise ConfigError(f"sweep.lr.{arm_name}: learning rates must be positive, got {values}")
-            if len(set(values)) != len(values):
-                raise ConfigError(f"sweep.lr.{arm_name}: duplicate learning rates in {values}")
-            sweep.lr[arm_name] = sorted(values)
-    budgets = sweep.budgets
-    if lr_budget_raw is not None:
-        if lr_budget_raw == "each":
-            sweep.lr_budget = "each"
-        else:
-            value = _convert(lr_budget_raw, int, "sweep.lr_budget")
-            choices = budgets or sorted({a.train.tokens for a in arms})
-            if value not in choices:
-                raise ConfigError(f"sweep.lr_budget: {value} is not one of the budgets {choices} "
-                                  f"(or use \"each\" to search at every budget)")
-            sweep.lr_budget = value
-    if sweep.lr_seeds is not None:
-        if not sweep.lr_seeds:
-            raise ConfigError("sweep.lr_seeds: give at least one seed, or null (the first seed)")
-        missing = [s for s in sweep.lr_seeds if s not in seeds]
-        if missing:
-            raise ConfigError(f"sweep.lr_seeds: seed {missing[0]} is not in seeds {seeds}")
-    if (sweep.lr_budget is not None or sweep.lr_seeds is not None) and not sweep.lr:
-        raise ConfigError("sweep.lr: lr_budget and lr_seeds need a learning-rate grid, e.g. sweep.lr.gpt: [3e-4, 6e-4]")
-    if sweep.method != "full":
-        if not checkpoint.enabled:
-            raise ConfigError(f"sweep.method: {sweep.method} branches the cooldowns from checkpoints; "
-                              f"set checkpoint.enabled: true")
-        for arm in arms:
-            if arm.init_from is not None:
-                raise ConfigError(f"sweep.method: {sweep.method} is not supported with arms.{arm.name}.init_from")
-    return sweep
-
-
-def load_experiment(path: str | Path, overrides: list[str] = (), arms: list[str] | None = None,
-                    seeds: list[int] | None = None) -> ExperimentConfig:
-    """Read, override and validate an experiment YAML. Raises ConfigError on any problem."""
-    raw = apply_overrides(read_yaml(path), list(overrides))
-    cfg = build_experiment(raw, source=str(path))
-    if arms:
-        known = [a.name for a in cfg.arms]
-        unknown = [a for a in arms if a not in known]
-        if unknown:
-            raise ConfigError(f"--arms: unknown arm {unknown[0]!r}; this experiment has {', '.join(known)}")
-        cfg.arms = [a for a in cfg.arms if a.name in arms]
-    else:
-        cfg.arms = [a for a in cfg.arms if a.enabled]
-        if not cfg.arms:
-            raise ConfigError("arms: every arm has enabled: false; name the arms to train with --arms")
-    if seeds:
-        if len(set(seeds)) != len(seeds):
-            raise ConfigError(f"--seeds: duplicate seeds in {seeds}")
-        cfg.seeds = list(seeds)
-    return cfg

@@ -80,7 +80,7 @@ def check_tasks(names: list[str], option: str = "--tasks") -> object:
             raise EvalSetupError(f"{option}: unknown lm-eval task {name!r}{hint}")
     remote = [n for n in names if not is_local(n)]
     if remote and _offline_env() is None:
-        from training.shards import hub_unreachable
+        from training.data.sources import hub_unreachable
 
         reason = hub_unreachable()
         if reason is not None:

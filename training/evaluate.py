@@ -24,30 +24,25 @@ cannot be reached (the line names the task and the network).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from training.atomic import atomic_write
+from training.cli import OneLineParser
+from training.data.tokenizer import TokenizerError
 from training.lm_eval_adapter import EvalSetupError, require_lm_eval
 from training.pretrained import RUN_ID, PretrainedError, resolve
-from training.tokenizer import TokenizerError
 
 
 class EvaluateError(ValueError):
     """Bad input to the command; one line."""
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse prints the usage too; keep bad input to one line
-        self.exit(2, f"error: {message} (see python -m training.evaluate --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(prog="python -m training.evaluate",
+    parser = OneLineParser(prog="python -m training.evaluate",
                             description="Downstream accuracy of a datgpt checkpoint or MLflow run (lm-eval).")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", metavar="SPEC",
@@ -95,7 +90,8 @@ def _client():
     import mlflow
     from mlflow import MlflowClient
 
-    from analysis.load import TrackingStoreError, check_local_store
+    from analysis.errors import TrackingStoreError
+    from analysis.store import check_local_store
 
     uri = mlflow.get_tracking_uri()
     try:
@@ -146,18 +142,6 @@ def _log_to_run(run_id: str, metrics: dict[str, float], step: int, tokens: int |
     return artifact
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -198,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"evaluated in {seconds:.1f} s", file=sys.stderr)
     text = results_json(results)
     if args.output is not None:
-        _write_atomic(args.output, text)
+        atomic_write(args.output, lambda f: f.write(text), text=True)
         print(f"results: {args.output}", file=sys.stderr)
     if args.run is not None:
         metrics = metrics_of(results)

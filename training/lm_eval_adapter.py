@@ -44,7 +44,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from training.tokenizer import EOT_TOKEN, GPT2_N_VOCAB, get_encoding
+from training.data.tokenizer import EOT_TOKEN, GPT2_N_VOCAB, get_encoding
 
 try:  # the optional extra: pip install -e ".[eval]"
     from lm_eval.api.model import TemplateLM as _Base
@@ -72,7 +72,7 @@ class DatgptLM(_Base):
     """lm-eval's view of one datgpt model (see the module docstring for what each request computes).
 
     ``model``: a :mod:`models` model (its config gives ``context_length``); ``tokenizer``: the name
-    for :func:`training.tokenizer.get_encoding`; ``batch_size``: sequences per forward pass;
+    for :func:`training.data.tokenizer.get_encoding`; ``batch_size``: sequences per forward pass;
     ``device``: where the model is (it is not moved); ``autocast``: a context manager entered around
     each forward pass (default none); ``seed``: for sampled generation; ``progress``: tqdm bars.
     """

@@ -197,7 +197,8 @@ def _tagged_checkpoint(run_id: str) -> str | None:
         import mlflow
         from mlflow import MlflowClient
 
-        from analysis.load import TrackingStoreError, check_local_store
+        from analysis.errors import TrackingStoreError
+        from analysis.store import check_local_store
 
         uri = mlflow.get_tracking_uri()
         try:

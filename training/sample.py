@@ -25,8 +25,9 @@ import sys
 
 import torch
 
+from training.cli import OneLineParser
+from training.data.tokenizer import TokenizerError, get_encoding
 from training.pretrained import RUN_ID, PretrainedError, resolve
-from training.tokenizer import TokenizerError, get_encoding
 
 SAMPLE_PROMPTS = ("I had always thought", "The king said", "It was")
 SAMPLE_NEW_TOKENS = 32
@@ -97,7 +98,8 @@ def logged_model(run_id: str):
         import mlflow
         import mlflow.pytorch
 
-        from analysis.load import TrackingStoreError, check_local_store
+        from analysis.errors import TrackingStoreError
+        from analysis.store import check_local_store
 
         try:
             check_local_store(mlflow.get_tracking_uri())
@@ -108,13 +110,8 @@ def logged_model(run_id: str):
         return None
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse prints the usage too; keep bad input to one line
-        self.exit(2, f"error: {message} (see python -m training.sample --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(prog="python -m training.sample",
+    parser = OneLineParser(prog="python -m training.sample",
                             description="Generate text from a datgpt checkpoint or MLflow run (KV-cached).")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", metavar="SPEC",

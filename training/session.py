@@ -5,49 +5,31 @@ Sweeps: the learning-rate search trains first; its choice (analysis.sweeps.selec
 stage's units. A cooldown branch starts from its trunk's `branch_<step>.pt` and copies the trunk's
 metrics up to that step into its own MLflow run.
 
-Resume: an invocation that did not finish (killed, preempted, crashed) leaves
-`<checkpoint.dir>/<experiment>/<parent_run_id>/` behind. The next invocation of the same experiment
-picks it up automatically (or `--resume [PARENT_RUN_ID|FOLDER]` names one): arms that finished are
-not trained again, an interrupted arm continues from its last checkpoint in the same MLflow child
-run, and the rest start fresh under the same parent run. A checkpoint written under another config
-is refused unless `--force`.
-
-Fine-tuning: an arm with `init_from` starts from a pretrained checkpoint's weights (fresh optimizer and
-schedule). The spec is resolved and checked against the arm's model for every seed before anything is
-logged (training/pretrained.py); the child run records the lineage in `datgpt.init_from*` tags.
-
-When a child run ends, rank 0 tags it with its final checkpoint (`datgpt.checkpoint`, which makes the run
-id usable as an `init_from`), logs text sampled from fixed prompts (`samples/samples.txt`, if
-`tracking.log_samples`) and the model in MLflow's PyTorch flavour (artifact `model`, if `tracking.log_models`).
+Where each arm starts (resume, `init_from`) is decided in training/resume.py; what a finished run attaches to
+MLflow (checkpoint tag, diagnostics, samples, model, the parent's report) in training/artifacts.py. A run's
+lineage goes to `datgpt.init_from*` tags of its child run.
 """
 
 from __future__ import annotations
 
-import logging
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from analysis import record
-from training.checkpoint import (CheckpointError, Invocation, check_writable, checkpoints_in, find_unfinished,
-                                 branch_path, load_branch, load_latest)
 from training import sweep
+from training.artifacts import PROJECT_DIR, end_of_run, log_report
+from training.checkpoint import CheckpointError, Invocation, branch_path, check_writable, load_branch, load_latest
 from training.config import ArmConfig, ExperimentConfig, arm_to_dict, flatten, local_accum_steps
-from training.data import Splits
+from training.data.corpus import Splits
 from training.distributed import DistInfo, barrier, broadcast_object
-from training.pretrained import Pretrained, PretrainedError, check_model, resolve
+from training.errors import UsageError
+from training.resume import check_resumable, find_invocation, resolve_init_from
+from training.runtime import measure_peak_flops, resolve_runtime
 from training.tracking import NullLogger, Tracker, TrackingError, git_commit
-from training.trainer import (ArmResult, CheckpointPlan, Preempted, StopFlag, TrainingDiverged,
-                              measure_peak_flops, resolve_runtime, train_arm)
-
-PROJECT_DIR = Path(__file__).resolve().parents[1]
-
-
-class UsageError(Exception):
-    """Bad input found before training (runtime, tracking, checkpoints); the runner exits 2."""
+from training.trainer import ArmResult, CheckpointPlan, Preempted, StopFlag, TrainingDiverged, train_arm
 
 
 def check_runtime(cfg: ExperimentConfig, dist: DistInfo, processes: str | None = None) -> dict:
@@ -63,35 +45,6 @@ def check_runtime(cfg: ExperimentConfig, dist: DistInfo, processes: str | None =
     return runtimes
 
 
-def _find_invocation(cfg: ExperimentConfig, resume: str) -> Invocation | None:
-    """`resume`: "auto" (an unfinished invocation if any), "never", "latest", or a parent run id / folder."""
-    root = Path(cfg.checkpoint.dir) / cfg.experiment_name
-    if resume == "never":
-        return None
-    if resume in ("auto", "latest"):
-        found = find_unfinished(root)
-        if found is None and resume == "latest":
-            raise UsageError(f"--resume: no unfinished run of experiment {cfg.experiment_name!r} under {root}")
-        return found
-    folder = Path(resume) if Path(resume).is_dir() else root / resume
-    if not (folder / "invocation.json").is_file():
-        raise UsageError(f"--resume: {resume} is neither a checkpoint folder nor a parent run id under {root}")
-    try:
-        return Invocation.load(folder)
-    except CheckpointError as err:
-        raise UsageError(f"--resume: {err}") from None
-
-
-def _check_resumable(cfg: ExperimentConfig, invocation: Invocation, force: bool) -> None:
-    for unit in sweep.universe(cfg).values():
-        state = load_latest(invocation.folder / unit.key)
-        if state is not None and state["config_hash"] != cfg.arm_hash(unit.arm, unit.seed) and not force:
-            raise UsageError(
-                f"checkpoint {state['path']} was written under another config (run {unit.key}, config hash "
-                f"{state['config_hash']}, now {cfg.arm_hash(unit.arm, unit.seed)}); "
-                f"resume it anyway with --force, or start fresh with --no-resume")
-
-
 def _precision_parity(runtimes: dict) -> tuple[str, bool]:
     """Each arm's device, precision, compile and parameter storage, and whether all arms agree.
 
@@ -104,25 +57,6 @@ def _precision_parity(runtimes: dict) -> tuple[str, bool]:
     same = len(set(described.values())) == 1
     text = next(iter(described.values())) if same else ", ".join(f"{k}: {v}" for k, v in described.items())
     return ("same for all arms: " if same else "DIFFERS: ") + text, same
-
-
-def _resolve_init_from(cfg: ExperimentConfig, invocation: Invocation | None) -> dict[tuple[str, int], Pretrained]:
-    """The pretrained checkpoint of every (arm, seed) with `init_from`, checked against the arm's model;
-    (arm, seed) pairs that will resume from a checkpoint of their own are left out."""
-    found = {}
-    for arm in cfg.arms:
-        if arm.init_from is None:
-            continue
-        for seed in cfg.seeds:
-            if invocation is not None and checkpoints_in(invocation.arm_folder(arm.name, seed)):
-                continue  # resumes: its weights come from its own checkpoint
-            try:
-                pretrained = resolve(arm.init_from, cfg.checkpoint.dir, arm.name, seed)
-                check_model(pretrained, arm.model)
-            except PretrainedError as err:
-                raise UsageError(f"arms.{arm.name}.init_from: {err}") from None
-            found[(arm.name, seed)] = pretrained
-    return found
 
 
 def _child_params(cfg: ExperimentConfig, arm: ArmConfig, seed: int, runtime, peak, dist: DistInfo) -> dict:
@@ -148,9 +82,9 @@ def run_experiment(cfg: ExperimentConfig, splits: Splits, dist: DistInfo, *, pro
 
     invocation = None
     if cfg.checkpoint.enabled:
-        invocation = _find_invocation(cfg, resume)
+        invocation = find_invocation(cfg, resume)
         if invocation is not None:
-            _check_resumable(cfg, invocation, force)
+            check_resumable(cfg, invocation, force)
         if dist.is_main:
             try:
                 check_writable(Path(cfg.checkpoint.dir) / cfg.experiment_name)
@@ -158,7 +92,7 @@ def run_experiment(cfg: ExperimentConfig, splits: Splits, dist: DistInfo, *, pro
                 raise UsageError(str(err)) from None
     elif resume not in ("auto", "never"):
         raise UsageError("--resume: checkpoint.enabled is false in this experiment, so there is nothing to resume")
-    init_sources = _resolve_init_from(cfg, invocation)  # every rank: each loads the weights it starts from
+    init_sources = resolve_init_from(cfg, invocation)  # every rank: each loads the weights it starts from
     eval_tasks = _check_eval_tasks(cfg) if dist.is_main else None  # before anything is logged
     barrier(dist)  # every rank has decided the same before rank 0 creates anything
 
@@ -385,7 +319,7 @@ class _Session:
             raise
         if dist.is_main:
             logger.flush(wait=True)  # the final metrics are in the run before the model links to them
-            _end_of_run(self.tracker, cfg, arm, seed, result, child_id, self.experiment_id, plan, runtime)
+            end_of_run(self.tracker, cfg, arm, seed, result, child_id, self.experiment_id, plan, runtime)
         result.model = result.diagnostics = None  # results outlive the loop: keep no model (or GPU memory)
         _close(logger, "FINISHED")
         self.results[unit.key] = result
@@ -422,76 +356,6 @@ def _check_eval_tasks(cfg: ExperimentConfig):
         raise UsageError(str(err)) from None
 
 
-def _end_of_run(tracker: Tracker, cfg: ExperimentConfig, arm: ArmConfig, seed: int, result: ArmResult,
-                run_id: str, experiment_id: str, plan: CheckpointPlan | None, runtime) -> None:
-    """Rank 0, after a child run trained to the end: its checkpoint tag, samples and model. Failures
-    here are warnings: the run itself is complete in MLflow and in its checkpoint."""
-    if plan is not None and checkpoints_in(plan.folder):
-        try:
-            tracker.set_tag(run_id, record.TAG_CHECKPOINT, str(checkpoints_in(plan.folder)[-1].resolve()))
-        except Exception as err:
-            print(f"warning: {arm.name} seed {seed}: could not tag the run with its checkpoint "
-                  f"({type(err).__name__})", file=sys.stderr)
-    if result.diagnostics is not None:
-        try:
-            tracker.log_text(run_id, result.diagnostics.to_json(), record.DIAGNOSTICS_ARTIFACT)
-        except Exception as err:
-            print(f"warning: {arm.name} seed {seed}: could not log the diagnostics ({type(err).__name__})",
-                  file=sys.stderr)
-    model = result.model
-    if model is None:
-        return
-    if cfg.tracking.log_samples:
-        try:
-            from training.sample import sample_report
-
-            text = sample_report(model, cfg.tokenizer, runtime.device, runtime.autocast,
-                                 header=f"{arm.name} seed {seed}, {result.tokens_seen:,} tokens trained")
-            tracker.log_text(run_id, text, record.SAMPLES_ARTIFACT)
-        except Exception as err:
-            print(f"warning: {arm.name} seed {seed}: could not log samples ({type(err).__name__}: {err})",
-                  file=sys.stderr)
-    if cfg.tracking.log_models:
-        try:
-            log_model(tracker, experiment_id, run_id, model, step=arm.steps())
-        except Exception as err:
-            print(f"warning: {arm.name} seed {seed}: could not log the model to MLflow ({type(err).__name__}: "
-                  f"{err}); its checkpoint has the weights", file=sys.stderr)
-
-
-def log_model(tracker: Tracker, experiment_id: str, run_id: str, model, step: int = 0) -> str:
-    """Log `model` to run `run_id` in MLflow's PyTorch flavour as artifact `model`; returns its model URI.
-
-    A clean float32 CPU copy is logged (no compile/DDP wrappers, loadable without a GPU), pickled
-    (the default `pt2` format would export a fixed-shape graph without `generate`), with the `models`
-    package shipped in the artifact (`code_paths`), so `mlflow.pytorch.load_model("runs:/<id>/model")`
-    works in a fresh process with torch installed, datgpt or not. The pip requirements are given
-    (torch, cloudpickle) rather than inferred, which would load the model again in a subprocess.
-    """
-    import cloudpickle
-    import mlflow.pytorch
-
-    from models import build_model
-
-    clean = build_model(model.config)
-    clean.load_state_dict({k: v.detach().float().cpu() for k, v in model.state_dict().items()})
-    clean.eval()
-    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"cloudpickle=={cloudpickle.__version__}"]
-    # MLflow 3: a LoggedModel created in the run's experiment (log_model given only run_id would put it in
-    # the active experiment, the default one here), and `name=` (2.x's artifact_path is deprecated).
-    logged = tracker.client.create_logged_model(experiment_id, name=record.MODEL_ARTIFACT, source_run_id=run_id)
-    quiet = logging.getLogger("mlflow.pytorch")  # its warning about pickled models, once per run
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
-        info = mlflow.pytorch.log_model(clean, name=record.MODEL_ARTIFACT, run_id=run_id, model_id=logged.model_id, step=step,
-                                        serialization_format="pickle", pip_requirements=requirements,
-                                        code_paths=[str(PROJECT_DIR / "models")])
-    finally:
-        quiet.setLevel(level)
-    return info.model_uri
-
-
 def _close(logger, status: str) -> None:
     record = logger.close(status)
     if record is not None:
@@ -501,20 +365,3 @@ def _close(logger, status: str) -> None:
               file=sys.stderr)
 
 
-def log_report(tracker: Tracker, cfg: ExperimentConfig, parent_id: str):
-    """Build the analysis figures of this invocation and attach them to the parent run; returns the Report."""
-    try:
-        import warnings
-
-        from analysis.report import build_report
-
-        with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. runs of this invocation that diverged: already reported
-            report = build_report(cfg.experiment_name, Path(folder), parent_run_id=parent_id,
-                                  tracking_uri=tracker.uri)
-            tracker.log_artifacts(parent_id, Path(folder), record.REPORT_DIR)
-        return report
-    except Exception as err:  # figures are a convenience here; the runs themselves are safe in MLflow
-        print(f"warning: could not build the figures ({type(err).__name__}: {err}); rerun "
-              f"`python -m analysis figures --experiment {cfg.experiment_name}`", file=sys.stderr)
-        return None

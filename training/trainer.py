@@ -25,8 +25,9 @@ from analysis import record
 from models import build_model
 from training.checkpoint import rng_state, save_branch, save_checkpoint, set_rng_state
 from training.config import ArmConfig, local_accum_steps
-from training.data import Splits, TrainBatches, val_windows
+from training.data.corpus import Splits, TrainBatches, val_windows
 from training.distributed import DistInfo, all_reduce_sum
+from training.runtime import Runtime, resolve_runtime
 from training.schedule import lr_at
 
 
@@ -67,48 +68,6 @@ class CheckpointPlan:
     keep_last: int
     identity: dict  # config hash, MLflow run ids, arm, seed: stored in every checkpoint
     branch_steps: tuple[int, ...] = ()  # a cooldown trunk also saves branch_<step>.pt after these steps
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """Where and how an arm runs; resolved from `train.device/precision/compile`, recorded in MLflow."""
-
-    device: torch.device
-    precision: str  # "bf16" (autocast, fp32 master weights) or "fp32"
-    compile: bool
-
-    @property
-    def autocast(self):
-        if self.precision == "bf16":
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-
-def resolve_runtime(arm: ArmConfig, dist: DistInfo) -> Runtime:
-    t = arm.train
-    device_type = t.device if t.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    if device_type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device: cuda requested but torch sees no CUDA device")
-    device = torch.device("cuda", dist.local_rank) if device_type == "cuda" else torch.device("cpu")
-    precision = t.precision if t.precision != "auto" else ("bf16" if device_type == "cuda" else "fp32")
-    compile_ = (device_type == "cuda") if t.compile == "auto" else (t.compile == "on")
-    return Runtime(device, precision, compile_)
-
-
-def measure_peak_flops(device: torch.device, n: int = 8192, repeats: int = 20) -> float | None:
-    """Measured bf16 matrix-product FLOP/s of the accelerator (None on CPU): the MFU denominator."""
-    if device.type != "cuda":
-        return None
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    torch.cuda.synchronize(device)
-    return 2 * n**3 * repeats / (time.perf_counter() - start)
 
 
 @dataclass
@@ -200,184 +159,224 @@ def train_arm(arm: ArmConfig, seed: int, splits: Splits, dist: DistInfo, logger,
     Logs to `logger`; writes checkpoints per `checkpoints` (rank 0); stops with `Preempted` after a
     checkpoint when `stop` is set, and with `TrainingDiverged` (before any checkpoint of that step)
     on a non-finite loss. With `diagnostics`, rank 0 also logs the hypersphere diagnostics
-    (training/diagnostics.py) of the first validation windows at every evaluation: their summary as
+    (training/model_diagnostics.py) of the first validation windows at every evaluation: their summary as
     metrics, the per-layer values as the artifact `diagnostics/step_XXXXXXXX.json`. `downstream` (rank 0;
     e.g. training/downstream.py's `DownstreamPlan`) has `due(step, steps, tokens_per_step)` and is called
     as `downstream(model, step) -> metrics` when due, after the validation loss; its time, like the
     evaluations', is not training time. Returns the evaluation curve."""
-    wall_start = time.perf_counter()
-    runtime = runtime or resolve_runtime(arm, dist)
-    t, o = arm.train, arm.optim
-    local_accum = local_accum_steps(t.grad_accum_steps, dist.world_size, arm=arm.name)
-    tokens_per_step = arm.tokens_per_step()
-    steps = arm.steps()
+    return _ArmTraining(arm, seed, splits, dist, logger, runtime=runtime, peak_flops=peak_flops,
+                        checkpoints=checkpoints, resume=resume, stop=stop, init_state=init_state,
+                        diagnostics=diagnostics, downstream=downstream).run(progress, desc)
 
-    torch.manual_seed(seed)
-    model = build_model(arm.model).to(runtime.device)
-    if init_state is not None and resume is None:
-        model.load_state_dict(init_state)
-    result = ArmResult(arm=arm.name, seed=seed, n_params=model.num_params())
-    flops_per_token = model.flops_per_token(arm.model.context_length)
-    optimizer = torch.optim.AdamW(model.optimizer_groups(o.weight_decay), lr=o.lr, betas=(o.beta1, o.beta2),
-                                  eps=o.eps, fused=runtime.device.type == "cuda")
-    forward_model = torch.compile(model) if runtime.compile else model
-    train_model = forward_model
-    if dist.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
 
-        device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-        train_model = DDP(forward_model, device_ids=device_ids)
+class _ArmTraining:
+    """The state of one `train_arm` call, in units: set-up (here), one optimizer step (`step`), the
+    reduction at log steps (`sync`), its metrics (`step_metrics`), evaluation (`evaluate`), downstream
+    accuracy (`downstream_metrics`), checkpoints (`save`), and the loop that strings them together (`run`)."""
 
-    start_step = 0
-    if resume is not None:  # same weights, optimizer moments, RNG and curve as when it was saved
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        set_rng_state(resume["rng"])
-        start_step = resume["step"]
-        previous = ArmResult.from_state(resume["result"])
-        result.evals = previous.evals
-    batches = TrainBatches(splits.train, arm.model.context_length, t.micro_batch_size, t.grad_accum_steps, seed)
-    val_x, val_y = val_windows(splits.val, arm.model.context_length, t.eval_tokens)
-    first_micro = dist.rank * local_accum
+    def __init__(self, arm: ArmConfig, seed: int, splits: Splits, dist: DistInfo, logger, *, runtime, peak_flops,
+                 checkpoints, resume, stop, init_state, diagnostics, downstream):
+        self.wall_start = time.perf_counter()
+        self.arm, self.seed, self.dist, self.logger = arm, seed, dist, logger
+        self.runtime = runtime = runtime or resolve_runtime(arm, dist)
+        self.peak_flops, self.checkpoints, self.stop = peak_flops, checkpoints, stop
+        self.diagnostics, self.downstream = diagnostics, downstream
+        t, o = arm.train, arm.optim
+        self.local_accum = local_accum_steps(t.grad_accum_steps, dist.world_size, arm=arm.name)
+        self.tokens_per_step = arm.tokens_per_step()
+        self.steps = arm.steps()
 
-    bar = None
-    if progress and dist.is_main:
-        from tqdm.auto import tqdm
+        torch.manual_seed(seed)
+        self.model = model = build_model(arm.model).to(runtime.device)
+        if init_state is not None and resume is None:
+            model.load_state_dict(init_state)
+        self.result = ArmResult(arm=arm.name, seed=seed, n_params=model.num_params())
+        self.flops_per_token = model.flops_per_token(arm.model.context_length)
+        self.optimizer = torch.optim.AdamW(model.optimizer_groups(o.weight_decay), lr=o.lr, betas=(o.beta1, o.beta2),
+                                           eps=o.eps, fused=runtime.device.type == "cuda")
+        self.forward_model = torch.compile(model) if runtime.compile else model
+        self.train_model = self.forward_model
+        if dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
 
-        bar = tqdm(total=steps * tokens_per_step, initial=start_step * tokens_per_step, unit="tok",
-                   unit_scale=True, dynamic_ncols=True, desc=desc or f"{arm.name} seed {seed}", leave=True)
+            device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+            self.train_model = DDP(self.forward_model, device_ids=device_ids)
 
-    train_seconds = resume["result"]["train_seconds"] if resume else 0.0
-    wall_before = resume["result"]["wall_seconds"] if resume else 0.0
-    window_tokens, window_seconds, window_steps = 0, 0.0, 0
-    postfix = {"loss": "-", "val": "-", "tok_s": "-"}
+        self.start_step = 0
+        self.resumed = resume is not None
+        if resume is not None:  # same weights, optimizer moments, RNG and curve as when it was saved
+            model.load_state_dict(resume["model"])
+            self.optimizer.load_state_dict(resume["optimizer"])
+            set_rng_state(resume["rng"])
+            self.start_step = resume["step"]
+            previous = ArmResult.from_state(resume["result"])
+            self.result.evals = previous.evals
+        self.batches = TrainBatches(splits.train, arm.model.context_length, t.micro_batch_size, t.grad_accum_steps,
+                                    seed)
+        self.val_x, self.val_y = val_windows(splits.val, arm.model.context_length, t.eval_tokens)
+        self.first_micro = dist.rank * self.local_accum
 
-    def run_eval(step: int) -> dict[str, float]:
-        val_loss = evaluate(forward_model, val_x, val_y, t.micro_batch_size, runtime, dist)
-        result.evals.append(EvalPoint(step, step * tokens_per_step, val_loss, train_seconds))
-        postfix["val"] = f"{val_loss:.3f}"
+        self.train_seconds = resume["result"]["train_seconds"] if resume else 0.0
+        self.wall_before = resume["result"]["wall_seconds"] if resume else 0.0
+        self.window_tokens, self.window_seconds, self.window_steps = 0, 0.0, 0
+        self.postfix = {"loss": "-", "val": "-", "tok_s": "-"}
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """The validation loss after `step` (and, with diagnostics, rank 0's diagnostics), as metrics."""
+        t, runtime, result = self.arm.train, self.runtime, self.result
+        val_loss = evaluate(self.forward_model, self.val_x, self.val_y, t.micro_batch_size, runtime, self.dist)
+        result.evals.append(EvalPoint(step, step * self.tokens_per_step, val_loss, self.train_seconds))
+        self.postfix["val"] = f"{val_loss:.3f}"
         metrics = {record.VAL_LOSS: val_loss}
-        if diagnostics and dist.is_main:  # weights are the same on every rank; no collectives inside
-            from training.diagnostics import compute_diagnostics
+        if self.diagnostics and self.dist.is_main:  # weights are the same on every rank; no collectives inside
+            from training.model_diagnostics import compute_diagnostics
 
             with runtime.autocast:
-                result.diagnostics = compute_diagnostics(model, val_x[:DIAGNOSTIC_WINDOWS].to(runtime.device))
+                result.diagnostics = compute_diagnostics(self.model,
+                                                         self.val_x[:DIAGNOSTIC_WINDOWS].to(runtime.device))
             metrics.update(result.diagnostics.summary())  # a few metrics; the per-layer values as a table
-            logger.log_text(result.diagnostics.table_json(step, step * tokens_per_step),
-                            record.diagnostics_artifact(step))
+            self.logger.log_text(result.diagnostics.table_json(step, step * self.tokens_per_step),
+                                 record.diagnostics_artifact(step))
         return metrics
 
-    def save(step: int, branch: bool = False) -> str | None:
+    def save(self, step: int, branch: bool = False) -> str | None:
         """Checkpoint after `step` (rank 0): metrics up to it are flushed to MLflow first."""
-        if checkpoints is None or not dist.is_main:
+        checkpoints, result = self.checkpoints, self.result
+        if checkpoints is None or not self.dist.is_main:
             return None
-        logger.flush(wait=True)
-        result.tokens_seen, result.train_seconds = step * tokens_per_step, train_seconds
-        result.wall_seconds = wall_before + time.perf_counter() - wall_start
-        state = {"model": model.state_dict(), "rng": rng_state(),
-                 "tokens": step * tokens_per_step, "finished": step == steps, "result": result.to_state(),
-                 "model_config": asdict(arm.model),
+        self.logger.flush(wait=True)
+        result.tokens_seen, result.train_seconds = step * self.tokens_per_step, self.train_seconds
+        result.wall_seconds = self.wall_before + time.perf_counter() - self.wall_start
+        state = {"model": self.model.state_dict(), "rng": rng_state(),
+                 "tokens": step * self.tokens_per_step, "finished": step == self.steps, "result": result.to_state(),
+                 "model_config": asdict(self.arm.model),
                  **checkpoints.identity}
-        if step != steps or branch:  # nothing resumes from a finished run: its optimizer state (2/3 of it) is left out
-            state["optimizer"] = optimizer.state_dict()
+        if step != self.steps or branch:  # nothing resumes from a finished run: its optimizer state (2/3 of it) is left out
+            state["optimizer"] = self.optimizer.state_dict()
         if branch:
             return str(save_branch(checkpoints.folder, step, state))
         return str(save_checkpoint(checkpoints.folder, step, state, checkpoints.keep_last))
 
-    def run_downstream(step: int) -> dict[str, float]:
-        if downstream is None or not downstream.due(step, steps, tokens_per_step):
+    def downstream_metrics(self, step: int) -> dict[str, float]:
+        if self.downstream is None or not self.downstream.due(step, self.steps, self.tokens_per_step):
             return {}
-        metrics = downstream(model, step)
-        model.train()
+        metrics = self.downstream(self.model, step)
+        self.model.train()
         return metrics
 
-    if resume is None:
-        logger.log(0, {**run_eval(0), **run_downstream(0), record.TOKENS: 0, record.ELAPSED_S: 0.0})
-    elif result.evals:
-        postfix["val"] = f"{result.evals[-1].val_loss:.3f}"
-    model.train()
-    for step in range(start_step + 1, steps + 1):
-        step_start = time.perf_counter()
-        lr = lr_at((step - 1) * tokens_per_step, steps * tokens_per_step, o)
-        for group in optimizer.param_groups:
+    def step(self, step: int) -> tuple[float, torch.Tensor, torch.Tensor | None]:
+        """One optimizer step: its learning rate, the micro-batches' summed loss, the gradient norm."""
+        t, runtime, dist, model, local_accum = self.arm.train, self.runtime, self.dist, self.model, self.local_accum
+        lr = lr_at((step - 1) * self.tokens_per_step, self.steps * self.tokens_per_step, self.arm.optim)
+        for group in self.optimizer.param_groups:
             group["lr"] = lr
         loss_sum = torch.zeros((), device=runtime.device)
         for micro in range(local_accum):
-            x, y = batches.get(step - 1, first_micro + micro)
+            x, y = self.batches.get(step - 1, self.first_micro + micro)
             x = x.to(runtime.device, non_blocking=True)
             y = y.to(runtime.device, non_blocking=True)
             last_micro = micro == local_accum - 1
-            no_sync = train_model.no_sync() if dist.enabled and not last_micro else contextlib.nullcontext()
+            no_sync = self.train_model.no_sync() if dist.enabled and not last_micro else contextlib.nullcontext()
             with no_sync:
                 with runtime.autocast:
-                    _, loss = train_model(x, y)
+                    _, loss = self.train_model(x, y)
                 (loss / local_accum).backward()
             loss_sum += loss.detach()
         grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
                      if t.grad_clip > 0 else None)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
         model.post_step()
+        return lr, loss_sum, grad_norm
 
-        checkpoint_now = checkpoints is not None and (
-            step == steps or _crossed(step, tokens_per_step, checkpoints.every_tokens))
-        log_now = step % t.log_every_steps == 0 or step == steps or checkpoint_now
-        if log_now:  # the only host syncs of a step, and only on log steps
-            signal_seen = float(stop.signum) if stop is not None else 0.0
-            reduced = all_reduce_sum(torch.stack([loss_sum / local_accum,
-                                                  torch.tensor(signal_seen, device=runtime.device)]), dist)
-            train_loss, signum = (reduced[0] / dist.world_size).item(), int(reduced[1].item() > 0)
-            if signum:  # every rank stops at this same step
-                signum = stop.signum or 15
-            if runtime.device.type == "cuda":
-                torch.cuda.synchronize(runtime.device)
-        step_seconds = time.perf_counter() - step_start
-        train_seconds += step_seconds
-        window_tokens += tokens_per_step
-        window_seconds += step_seconds
-        window_steps += 1
+    def sync(self, loss_sum: torch.Tensor) -> tuple[float, int]:
+        """The log-step reduction, the only host syncs of a step: the mean training loss over all ranks, and
+        the signal number every rank stops on (0: none)."""
+        stop, runtime, dist = self.stop, self.runtime, self.dist
+        signal_seen = float(stop.signum) if stop is not None else 0.0
+        reduced = all_reduce_sum(torch.stack([loss_sum / self.local_accum,
+                                              torch.tensor(signal_seen, device=runtime.device)]), dist)
+        train_loss, signum = (reduced[0] / dist.world_size).item(), int(reduced[1].item() > 0)
+        if signum:  # every rank stops at this same step
+            signum = stop.signum or 15
+        if runtime.device.type == "cuda":
+            torch.cuda.synchronize(runtime.device)
+        return train_loss, signum
 
-        metrics = {}
-        if log_now:
-            if not math.isfinite(train_loss):
-                result.status = "FAILED"
-                raise TrainingDiverged(f"{arm.name} seed {seed}: training loss is {train_loss} at step {step}")
-            tokens_per_s = window_tokens / window_seconds  # global: all processes together
-            metrics.update({
-                record.TRAIN_LOSS: train_loss,
-                record.LR: lr,
-                record.TOKENS_PER_S: tokens_per_s,
-                record.STEP_MS: 1000.0 * window_seconds / window_steps,
-            })
-            if grad_norm is not None:
-                metrics[record.GRAD_NORM] = grad_norm.item()
-            if peak_flops:
-                metrics[record.MFU] = flops_per_token * tokens_per_s / (peak_flops * dist.world_size)
-            postfix.update(loss=f"{train_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
-            window_tokens, window_seconds, window_steps = 0, 0.0, 0
-        if eval_due(step, steps, tokens_per_step, t.eval_every_tokens):
-            metrics.update(run_eval(step))
-        metrics.update(run_downstream(step))
-        if metrics:
-            metrics.update({record.TOKENS: step * tokens_per_step, record.ELAPSED_S: train_seconds})
-            logger.log(step, metrics)
-        if bar is not None:
-            bar.update(tokens_per_step)
+    def step_metrics(self, step: int, train_loss: float, lr: float, grad_norm: torch.Tensor | None) -> dict:
+        """The training metrics of a log step, over the steps since the last one; fails on a non-finite loss."""
+        if not math.isfinite(train_loss):
+            self.result.status = "FAILED"
+            raise TrainingDiverged(f"{self.arm.name} seed {self.seed}: training loss is {train_loss} at step {step}")
+        tokens_per_s = self.window_tokens / self.window_seconds  # global: all processes together
+        metrics = {
+            record.TRAIN_LOSS: train_loss,
+            record.LR: lr,
+            record.TOKENS_PER_S: tokens_per_s,
+            record.STEP_MS: 1000.0 * self.window_seconds / self.window_steps,
+        }
+        if grad_norm is not None:
+            metrics[record.GRAD_NORM] = grad_norm.item()
+        if self.peak_flops:
+            metrics[record.MFU] = self.flops_per_token * tokens_per_s / (self.peak_flops * self.dist.world_size)
+        self.postfix.update(loss=f"{train_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
+        self.window_tokens, self.window_seconds, self.window_steps = 0, 0.0, 0
+        return metrics
+
+    def run(self, progress: bool, desc: str | None) -> ArmResult:
+        arm, seed, t, checkpoints = self.arm, self.seed, self.arm.train, self.checkpoints
+        steps, tokens_per_step, result = self.steps, self.tokens_per_step, self.result
+        bar = None
+        if progress and self.dist.is_main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=steps * tokens_per_step, initial=self.start_step * tokens_per_step, unit="tok",
+                       unit_scale=True, dynamic_ncols=True, desc=desc or f"{arm.name} seed {seed}", leave=True)
+
+        if not self.resumed:
+            self.logger.log(0, {**self.evaluate(0), **self.downstream_metrics(0), record.TOKENS: 0,
+                                record.ELAPSED_S: 0.0})
+        elif result.evals:
+            self.postfix["val"] = f"{result.evals[-1].val_loss:.3f}"
+        self.model.train()
+        for step in range(self.start_step + 1, steps + 1):
+            step_start = time.perf_counter()
+            lr, loss_sum, grad_norm = self.step(step)
+            checkpoint_now = checkpoints is not None and (
+                step == steps or _crossed(step, tokens_per_step, checkpoints.every_tokens))
+            log_now = step % t.log_every_steps == 0 or step == steps or checkpoint_now
+            if log_now:
+                train_loss, signum = self.sync(loss_sum)
+            step_seconds = time.perf_counter() - step_start
+            self.train_seconds += step_seconds
+            self.window_tokens += tokens_per_step
+            self.window_seconds += step_seconds
+            self.window_steps += 1
+
+            metrics = self.step_metrics(step, train_loss, lr, grad_norm) if log_now else {}
+            if eval_due(step, steps, tokens_per_step, t.eval_every_tokens):
+                metrics.update(self.evaluate(step))
+            metrics.update(self.downstream_metrics(step))
             if metrics:
-                bar.set_postfix(postfix, refresh=False)
-        if checkpoints is not None and step in checkpoints.branch_steps:  # before a preemption at this step
-            save(step, branch=True)
-        if log_now and signum:
-            path = save(step)
+                metrics.update({record.TOKENS: step * tokens_per_step, record.ELAPSED_S: self.train_seconds})
+                self.logger.log(step, metrics)
             if bar is not None:
-                bar.close()
-            raise Preempted(signum, path)
-        if checkpoint_now:
-            save(step)
-    if bar is not None:
-        bar.close()
-    result.tokens_seen = steps * tokens_per_step
-    result.train_seconds = train_seconds
-    result.wall_seconds = wall_before + time.perf_counter() - wall_start
-    result.model = model
-    return result
+                bar.update(tokens_per_step)
+                if metrics:
+                    bar.set_postfix(self.postfix, refresh=False)
+            if checkpoints is not None and step in checkpoints.branch_steps:  # before a preemption at this step
+                self.save(step, branch=True)
+            if log_now and signum:
+                path = self.save(step)
+                if bar is not None:
+                    bar.close()
+                raise Preempted(signum, path)
+            if checkpoint_now:
+                self.save(step)
+        if bar is not None:
+            bar.close()
+        result.tokens_seen = steps * tokens_per_step
+        result.train_seconds = self.train_seconds
+        result.wall_seconds = self.wall_before + time.perf_counter() - self.wall_start
+        result.model = self.model
+        return result

@@ -57,7 +57,7 @@ _CLAUSE_END = set(",.;:!?-\"'")
 def heldout_text(full_text: str) -> str:
     """The end of ``full_text`` from the first paragraph that starts inside its last ``VAL_FRACTION``
     of GPT-2 tokens (the demo's validation split), whitespace collapsed to single spaces."""
-    from training.tokenizer import get_encoding
+    from training.data.tokenizer import get_encoding
 
     enc = get_encoding("gpt2")
     ids = enc.encode_ordinary(full_text)

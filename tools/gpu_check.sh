@@ -7,7 +7,7 @@
 #      against part 1's ngpt: the before/after of models/ngpt_ops.py in step time and peak memory.
 # Prints one table per part and writes bench*.json / train.txt under $OUT (default bench-out/).
 #
-#   DATGPT_DATA_DIR=/path/with/the-verdict.txt bash bench/gpu_check.sh
+#   DATGPT_DATA_DIR=/path/with/the-verdict.txt bash tools/gpu_check.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-bench-out}"

@@ -5,7 +5,7 @@ A corpus is found in this order: `data.path` in the YAML; the folder named by `D
 source, verified by its SHA-256 and cached there; else a `DataError` saying where to put the file.
 
 Larger corpora are tokenized once into uint16 token shards (`python -m training.data prepare ...`,
-training/shards.py) and memory-mapped: `data.shards` names a prepared folder, `data.hf` a Hugging Face
+training/data/prepare.py) and memory-mapped: `data.shards` names a prepared folder, `data.hf` a Hugging Face
 dataset that is prepared into a cache folder on first use.
 
 Batches are a pure function of (seed, step, micro-batch index): both arms of a seed see the same
@@ -16,17 +16,17 @@ loader state beyond the step (the step is the data position).
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from training.atomic import atomic_write
 from training.config import DataConfig, local_accum_steps
-from training.shards import DATA_DIR_ENV, DataError, ShardedTokens, data_dir  # noqa: F401 (re-exported)
-from training.tokenizer import encode
+from training.data import DATA_DIR_ENV, DataError, data_dir
+from training.data.shards import ShardedTokens
+from training.data.tokenizer import encode
 
 
 @dataclass(frozen=True)
@@ -50,30 +50,21 @@ BUILTIN_CORPORA = {
 }
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def download(corpus: BuiltinCorpus, dest: Path, timeout: float = 30.0) -> None:
     """Download to a temp file beside `dest`, check the SHA-256, then rename into place."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(corpus.url, timeout=timeout) as response:
+
+    def fetch(out) -> None:
+        digest = hashlib.sha256()
+        with urllib.request.urlopen(corpus.url, timeout=timeout) as response:
             while chunk := response.read(1 << 20):
                 out.write(chunk)
-        got = _sha256(Path(tmp))
+                digest.update(chunk)
+        got = digest.hexdigest()
         if got != corpus.sha256:
             raise DataError(f"{corpus.url}: checksum mismatch (got {got[:12]}..., expected "
                             f"{corpus.sha256[:12]}...); not using the download")
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    atomic_write(dest, fetch)
 
 
 def resolve_corpus(cfg: DataConfig) -> Path:
@@ -143,13 +134,13 @@ def load_splits(cfg: DataConfig, tokenizer: str, context_length: int) -> Splits:
 
 
 def _load_shards(cfg: DataConfig, tokenizer: str, context_length: int) -> Splits:
-    from training import shards
+    from training.data import prepare, shards
 
     if cfg.shards is not None:
         label, folder = "data.shards", Path(cfg.shards).expanduser()
     else:
         label = "data.hf"
-        folder = shards.ensure_prepared(*hf_source(cfg))
+        folder = prepare.ensure_prepared(*hf_source(cfg))
     opened = shards.open_folder(folder, label)
     made_with = opened.manifest.get("settings", {}).get("tokenizer", tokenizer)
     if made_with != tokenizer:
@@ -164,7 +155,8 @@ def _load_shards(cfg: DataConfig, tokenizer: str, context_length: int) -> Splits
 
 def hf_source(cfg: DataConfig):
     """(HFSource, PrepareSettings) of a `data.hf` section: what the cache folder is keyed by."""
-    from training.shards import HFSource, PrepareSettings
+    from training.data.prepare import PrepareSettings
+    from training.data.sources import HFSource
 
     hf = cfg.hf
     source = HFSource(hf.name, hf.config, hf.split, tuple(hf.data_files) if hf.data_files else None,
@@ -232,10 +224,3 @@ def val_windows(val: Tokens, context_length: int, eval_tokens: int) -> tuple[tor
     y = rows[1:].view(n, T)
     return x, y
 
-
-if __name__ == "__main__":  # python -m training.data prepare ...: the shard tool of training/shards.py
-    import sys
-
-    from training.shards import main
-
-    sys.exit(main())
