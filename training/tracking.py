@@ -90,10 +90,10 @@ class RunLogger:
     """Buffered metric logging into one MLflow run that survives a lost tracking server.
 
     `log()` only appends to a buffer; `flush()` hands batches to MLflow's async queue when 1,000 metrics are
-    buffered or every 5 s. Batches
-    that fail (server down) go back into the buffer and are retried at the next flush; whatever
-    still fails when the run closes is written to `mlflow-unsynced/<run_id>.jsonl`, which
-    `python -m training.tracking sync FILE` uploads later. Training never stops for the tracker.
+    buffered or every 5 s. Batches that fail (server down) go back into the buffer and are retried at the
+    next flush; a checkpoint waits for the server at most `wait_timeout` seconds, once; whatever still
+    fails when the run closes is written to `mlflow-unsynced/<run_id>.jsonl`, which `python -m
+    training.tracking sync FILE` uploads later. Training never stops for the tracker.
     """
 
     def __init__(self, client, run_id: str, flush_every: int = MAX_METRICS_PER_BATCH,
