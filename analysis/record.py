@@ -58,7 +58,7 @@ TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND_TRAINING = "custom_model_development"
 #: MLflow 3's UI keeps a shared view of the runs page (filter, grouping, chart layout, x axis) in the
 #: experiment tag ``mlflow.sharedViewState.<key>`` and opens it from ``...?viewStateShareKey=<key>``.
-#: datgpt writes one, the training curves (training/tracking.py ``curves_view``), under this key.
+#: datgpt writes one, the training curves (training/mlflow_view.py ``curves_view``), under this key.
 CURVES_VIEW_KEY = "datgpt-curves"
 TAG_CURVES_VIEW = f"mlflow.sharedViewState.{CURVES_VIEW_KEY}"
 

@@ -96,7 +96,7 @@ def check_experiment_tags(exp) -> None:
 def test_curves_view_fits_an_experiment_tag_and_names_logged_metrics():
     from mlflow.utils.validation import MAX_EXPERIMENT_TAG_VAL_LENGTH
 
-    from training.tracking import curves_view, curves_view_json
+    from training.mlflow_view import curves_view, curves_view_json
 
     assert len(curves_view_json()) < MAX_EXPERIMENT_TAG_VAL_LENGTH
     view = curves_view()
@@ -108,7 +108,8 @@ def test_curves_view_fits_an_experiment_tag_and_names_logged_metrics():
 def test_an_older_experiment_gets_the_kind_and_the_current_view(tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
-    from training.tracking import Tracker, curves_view_json
+    from training.mlflow_view import curves_view_json
+    from training.tracking import Tracker
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
