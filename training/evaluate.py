@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from training.atomic import atomic_write
-from training.cli import OneLineParser
+from training.cli import OneLineParser, add_model_options
 from training.data.tokenizer import TokenizerError
 from training.lm_eval_adapter import EvalSetupError, require_lm_eval
 from training.pretrained import RUN_ID, PretrainedError, resolve
@@ -43,19 +43,12 @@ class EvaluateError(ValueError):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m training.evaluate",
-                            description="Downstream accuracy of a datgpt checkpoint or MLflow run (lm-eval).")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", metavar="SPEC",
-                        help="a step_*.pt file, an arm's checkpoint folder, or EXPERIMENT/ARM[-seedN]")
-    source.add_argument("--run", metavar="RUN_ID", help="an MLflow child run id: evaluate it and log to it")
+                           description="Downstream accuracy of a datgpt checkpoint or MLflow run (lm-eval).")
+    add_model_options(parser, run_help="an MLflow child run id: evaluate it and log to it")
     parser.add_argument("--tasks", required=True, metavar="T1,T2",
                         help="lm-eval tasks or tags, comma-separated (offline: verdict_lambada,verdict_choice)")
     parser.add_argument("--limit", type=int, default=None, help="at most N documents per task (default all)")
     parser.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass (default 16)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="auto = cuda when available")
-    parser.add_argument("--checkpoint-dir", default="checkpoints",
-                        help="where EXPERIMENT/ARM and run ids are looked up (default checkpoints)")
     parser.add_argument("--output", type=Path, default=None, help="also write lm-eval's results JSON to this file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser

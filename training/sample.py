@@ -25,7 +25,7 @@ import sys
 
 import torch
 
-from training.cli import OneLineParser
+from training.cli import OneLineParser, add_model_options
 from training.data.tokenizer import TokenizerError, get_encoding
 from training.pretrained import RUN_ID, PretrainedError, resolve
 
@@ -112,11 +112,8 @@ def logged_model(run_id: str):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m training.sample",
-                            description="Generate text from a datgpt checkpoint or MLflow run (KV-cached).")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", metavar="SPEC",
-                        help="a step_*.pt file, an arm's checkpoint folder, or EXPERIMENT/ARM[-seedN]")
-    source.add_argument("--run", metavar="RUN_ID", help="an MLflow child run id")
+                           description="Generate text from a datgpt checkpoint or MLflow run (KV-cached).")
+    add_model_options(parser, run_help="an MLflow child run id")
     parser.add_argument("--prompt", required=True, help="text to continue ('' starts from end-of-text)")
     parser.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate (default 100)")
     parser.add_argument("--temperature", type=float, default=SAMPLE_TEMPERATURE,
@@ -125,10 +122,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"sample among the k most likely tokens; 0 = all (default {SAMPLE_TOP_K})")
     parser.add_argument("--seed", type=int, default=SAMPLE_SEED, help="sampling seed (default 0)")
     parser.add_argument("--num-samples", type=int, default=1, help="continuations of the prompt (default 1)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="auto = cuda when available")
-    parser.add_argument("--checkpoint-dir", default="checkpoints",
-                        help="where EXPERIMENT/ARM and run ids are looked up (default checkpoints)")
     return parser
 
 
