@@ -343,6 +343,9 @@ def _context_rows(g: "pd.DataFrame", ctx: float, targets: list[float], baseline_
 
     rows = []
     for target in targets or [math.nan]:
+        base_tokens = base_secs = None  # the baseline's seeds at this target, computed once for every arm
+        if baseline_arm in arms and not math.isnan(target):
+            base_tokens, base_secs = at(baseline_arm, target, "tokens"), at(baseline_arm, target, "elapsed_s")
         for arm in arms:
             row: dict[str, Any] = dict(
                 context_length=pd.NA if math.isnan(ctx) else int(ctx), target=target, arm=arm,
@@ -354,13 +357,14 @@ def _context_rows(g: "pd.DataFrame", ctx: float, targets: list[float], baseline_
             if math.isnan(target):
                 rows.append(row | _no_target())
                 continue
-            tokens, secs = at(arm, target, "tokens"), at(arm, target, "elapsed_s")
+            tokens, secs = (base_tokens, base_secs) if arm == baseline_arm else (
+                at(arm, target, "tokens"), at(arm, target, "elapsed_s"))
             row.update(n_reached=tokens.count(EXACT, AT_FIRST), n_at_first=tokens.count(AT_FIRST),
                        n_censored=tokens.count(CENSORED), reached=tokens.count(EXACT, AT_FIRST) > 0,
                        tokens_to_target=tokens.mean, tokens_to_target_std=tokens.std,
                        tokens_to_target_bound=tokens.bound, seconds_to_target=secs.mean,
                        seconds_to_target_bound=secs.bound)
-            row.update(_speedups(arm, baseline_arm, tokens, secs, at, target, arms, ci))
+            row.update(_speedups(arm, baseline_arm, tokens, secs, base_tokens, base_secs, ci))
             rows.append(row)
     return rows
 
@@ -374,16 +378,16 @@ def _no_target() -> dict[str, Any]:
                 time_speedup_bound="")
 
 
-def _speedups(arm: str, baseline_arm: str, tokens: ArmAtTarget, secs: ArmAtTarget, at, target: float,
-              arms: list[str], ci: dict[str, Any]) -> dict[str, Any]:
+def _speedups(arm: str, baseline_arm: str, tokens: ArmAtTarget, secs: ArmAtTarget,
+              base_tokens: ArmAtTarget | None, base_secs: ArmAtTarget | None, ci: dict[str, Any]) -> dict[str, Any]:
     nan = math.nan
     if arm == baseline_arm:  # against itself: 1 by definition
         return dict(speedup=1.0, speedup_ci_low=nan, speedup_ci_high=nan, speedup_bound="", time_speedup=1.0,
                     time_speedup_ci_low=nan, time_speedup_ci_high=nan, time_speedup_bound="")
-    if baseline_arm not in arms:
+    if base_tokens is None or base_secs is None:  # no baseline at this context length
         return {k: v for k, v in _no_target().items() if "speedup" in k}
-    sp = ratio_with_ci(at(baseline_arm, target, "tokens"), tokens, **ci)
-    tsp = ratio_with_ci(at(baseline_arm, target, "elapsed_s"), secs, **ci)
+    sp = ratio_with_ci(base_tokens, tokens, **ci)
+    tsp = ratio_with_ci(base_secs, secs, **ci)
     return dict(speedup=sp[0], speedup_ci_low=sp[1], speedup_ci_high=sp[2], speedup_bound=sp[3],
                 time_speedup=tsp[0], time_speedup_ci_low=tsp[1], time_speedup_ci_high=tsp[2],
                 time_speedup_bound=tsp[3])

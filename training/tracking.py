@@ -112,7 +112,6 @@ class RunLogger:
         self._warned = False
         self._stalled = False  # batches were still in flight at the last deadline
         self._uploads = None  # a one-thread pool for artifacts (log_text), made on first use
-        self._artifacts: list = []
         self.last_error: Exception | None = None
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
@@ -147,7 +146,7 @@ class RunLogger:
 
         if self._uploads is None:
             self._uploads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="datgpt-artifacts")
-        self._artifacts.append(self._uploads.submit(self._upload, text, artifact_file))
+        self._uploads.submit(self._upload, text, artifact_file)
 
     def _upload(self, text: str, artifact_file: str) -> None:
         try:
@@ -189,7 +188,7 @@ class RunLogger:
         self._wait()  # no time limit: MLflow's own retries decide
         if self._uploads is not None:  # the artifacts handed over so far (failures are kept locally)
             self._uploads.shutdown(wait=True)
-            self._uploads, self._artifacts = None, []
+            self._uploads = None
         if self._buffer:  # one last synchronous try
             try:
                 for i in range(0, len(self._buffer), MAX_METRICS_PER_BATCH):

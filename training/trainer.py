@@ -95,14 +95,6 @@ class ArmResult:
     def final_val_loss(self) -> float:
         return self.evals[-1].val_loss if self.evals else math.nan
 
-    @property
-    def best_val_loss(self) -> float:
-        return min((e.val_loss for e in self.evals), default=math.nan)
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.tokens_seen / self.train_seconds if self.train_seconds > 0 else math.nan
-
     def to_state(self) -> dict:
         """Plain data for a checkpoint (`torch.load(weights_only=True)` reads it back)."""
         return {"arm": self.arm, "seed": self.seed, "evals": [asdict(e) for e in self.evals],
