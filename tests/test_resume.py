@@ -21,7 +21,7 @@ from training.checkpoint import CheckpointError, checkpoints_in, load_latest
 from training.data.corpus import load_splits
 from training.distributed import DistInfo
 from training.experiment import load_experiment
-from training.tracking import RunLogger, sync_unsynced
+from training.run_logger import RunLogger, sync_unsynced
 from training.trainer import CheckpointPlan, TrainingDiverged, train_arm
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -269,8 +269,11 @@ def _histories(uri: str, experiment: str) -> dict:
 
 def test_two_gloo_processes_match_one_process(tmp_path, data_dir):
     """2 processes x 1 micro-batch each == 1 process x 2 accumulation steps (same global batch)."""
-    # the end-of-run extras (model logging, samples, diagnostics) are tested elsewhere; off here for speed
-    path = write_yaml(tmp_path, name="tiny_ddp",
+    # the end-of-run extras (model logging, samples, diagnostics) are tested elsewhere; off here for speed.
+    # Checkpoints every 4 steps, logs every 3: a checkpoint step is also a log step (a reduction over the
+    # ranks), so every rank must know the checkpoint plan, not rank 0 alone (a collective mismatch otherwise)
+    path = write_yaml(tmp_path, name="tiny_ddp", train={**TINY["train"], "log_every_steps": 3},
+                      checkpoint={"every_tokens": 1024},
                       tracking={"log_models": False, "log_samples": False, "log_diagnostics": False})
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/one.db", "OMP_NUM_THREADS": "1"}
     common = [sys.executable, str(ROOT / "runner.py"), str(path), "--no-progress"]

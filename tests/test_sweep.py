@@ -155,6 +155,33 @@ def test_compare_methods_difference():
 
 # ------------------------------------------------------------------------------------------ end to end
 
+def test_a_rank_other_than_0_says_logs_and_writes_nothing(tmp_path, monkeypatch, capsys, one_thread):
+    """Under torchrun every rank runs the session; ranks other than 0 get the null tracker: a sweep with an lr
+    search and a cooldown branch trains there without printing, without touching the tracking store and
+    without writing a checkpoint (rank 0 does all three)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    raw = copy.deepcopy(TINY)
+    raw["arms"] = {"gpt": raw["arms"]["gpt"]}
+    raw["sweep"] = {"budgets": [256, 512], "method": "both", "lr": {"gpt": [1e-3, 1e-2]}}
+    cfg = build_experiment(raw)
+    splits = load_splits(cfg.data, cfg.tokenizer, 16)
+    calls = []
+    monkeypatch.setattr(session, "train_arm", lambda *a, **k: calls.append(k["desc"]) or real_train_arm(*a, **k))
+
+    class NotRank0(DistInfo):  # one process (no process group to wait on) that acts as a rank other than 0
+        is_main = False
+
+    # what rank 0 would broadcast: its parent run's id (this rank has None), and its own lr choice
+    monkeypatch.setattr(session, "broadcast_object", lambda obj, dist: "f" * 32 if obj is None else obj)
+    assert session.run_experiment(cfg, splits, NotRank0(), progress=False, stop=session.StopFlag()) == 0
+    assert calls == ["gpt-lr0.001-t256-seed0", "gpt-lr0.01-t256-seed0", "gpt-lr0.01-t512-seed0",
+                     "gpt-lr0.01-t512-wsd-seed0", "gpt-lr0.01-t256-wsd-seed0"]  # every unit, as on rank 0
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no mlflow.db, no checkpoints/
+
+
 def _children(uri: str, experiment: str) -> dict:
     from mlflow import MlflowClient
 

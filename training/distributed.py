@@ -23,6 +23,11 @@ class DistInfo:
     def enabled(self) -> bool:
         return self.world_size > 1
 
+    def print(self, *args, **kwargs) -> None:
+        """print() on rank 0 only: what the run says, said once."""
+        if self.is_main:
+            print(*args, **kwargs)
+
 
 def under_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ

@@ -121,7 +121,7 @@ def _log_to_run(run_id: str, metrics: dict[str, float], step: int, tokens: int |
     from mlflow.entities import Metric
 
     from analysis.record import eval_results_artifact
-    from training.tracking import MAX_METRICS_PER_BATCH
+    from training.run_logger import MAX_METRICS_PER_BATCH
 
     client, _ = _client()
     now = int(time.time() * 1000)

@@ -28,7 +28,7 @@ from training.distributed import DistInfo, barrier, broadcast_object
 from training.errors import UsageError
 from training.resume import check_resumable, find_invocation, resolve_init_from
 from training.runtime import measure_peak_flops, resolve_runtime
-from training.tracking import NullLogger, Tracker, TrackingError, git_commit
+from training.tracking import NullTracker, Tracker, TrackingError, git_commit
 from training.trainer import ArmResult, CheckpointPlan, Preempted, StopFlag, TrainingDiverged, train_arm
 
 
@@ -73,12 +73,17 @@ def _child_params(cfg: ExperimentConfig, arm: ArmConfig, seed: int, runtime, pea
 
 def run_experiment(cfg: ExperimentConfig, splits: Splits, dist: DistInfo, *, progress: bool = True,
                    resume: str = "auto", force: bool = False, stop: StopFlag | None = None) -> int:
-    """Train every unit of the experiment (each (seed, arm), or the sweep's units); returns the exit code."""
+    """Train every unit of the experiment (each (seed, arm), or the sweep's units); returns the exit code.
+
+    Every rank runs this same code. Rank 0 logs through a `Tracker` and prints; the other ranks get a
+    `NullTracker` and `dist.print` says nothing there, so what is logged needs no rank test. What only rank 0
+    does besides logging (the files of the checkpoint folder, the downstream tasks, the end-of-run
+    artifacts and the report) says `dist.is_main`."""
     runtimes = check_runtime(cfg, dist)
     parity, same_precision = _precision_parity(runtimes)
-    if not same_precision and dist.is_main and len(cfg.arms) > 1:
-        print(f"warning: the arms do not train alike ({parity}); set train.device/precision/compile in the "
-              f"shared train section for a fair comparison", file=sys.stderr)
+    if not same_precision and len(cfg.arms) > 1:
+        dist.print(f"warning: the arms do not train alike ({parity}); set train.device/precision/compile in the "
+                   f"shared train section for a fair comparison", file=sys.stderr)
 
     invocation = None
     if cfg.checkpoint.enabled:
@@ -96,45 +101,14 @@ def run_experiment(cfg: ExperimentConfig, splits: Splits, dist: DistInfo, *, pro
     eval_tasks = _check_eval_tasks(cfg) if dist.is_main else None  # before anything is logged
     barrier(dist)  # every rank has decided the same before rank 0 creates anything
 
-    tracker = parent_id = experiment_id = None
-    if dist.is_main:
-        tracker = Tracker()
-        try:
-            tracker.check()
-            experiment_id = tracker.experiment_id(cfg.experiment_name)
-            if invocation is not None:
-                parent_id = invocation.parent_run_id
-                tracker.reopen(parent_id)
-        except TrackingError as err:
-            raise UsageError(str(err)) from None
-        except Exception as err:  # the parent run of the checkpoint is gone from the store
-            raise UsageError(f"--resume: MLflow run {invocation.parent_run_id} of {invocation.folder} cannot be "
-                             f"continued in {tracker.uri} ({type(err).__name__}); start fresh with --no-resume") from None
-        if parent_id is None:
-            run_name = cfg.tracking.run_name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-            parent_id = tracker.start_run(
-                experiment_id, run_name,
-                tags={record.TAG_ROLE: record.ROLE_PARENT, record.TAG_TARGETS: str(list(cfg.targets)), record.TAG_BASELINE: cfg.baseline_arm,
-                      record.TAG_CONFIG_HASH: cfg.config_hash(), record.TAG_GIT_COMMIT: git_commit(PROJECT_DIR),
-                      record.TAG_PRECISION: parity},
-                params={"name": cfg.name, "seeds": cfg.seeds, "arms": [a.name for a in cfg.arms],
-                        "targets": cfg.targets, "world_size": dist.world_size,
-                        **flatten({"data": cfg.to_dict()["data"]}), "tokenizer": cfg.tokenizer,
-                        **(flatten({"sweep": cfg.to_dict()["sweep"]}) if cfg.sweep.active else {})})
-            tracker.log_text(parent_id, cfg.to_yaml(), record.CONFIG_ARTIFACT)
-            if cfg.checkpoint.enabled:
-                invocation = Invocation(Path(cfg.checkpoint.dir) / cfg.experiment_name / parent_id, parent_id,
-                                        cfg.config_hash())
-                invocation.save()
-            print(f"MLflow: experiment {cfg.experiment_name!r}, parent run {parent_id} ({tracker.uri})")
-        else:
-            print(f"MLflow: resuming parent run {parent_id} of experiment {cfg.experiment_name!r} from "
-                  f"{invocation.folder} ({tracker.uri})")
-    if dist.enabled and cfg.checkpoint.enabled:  # every rank needs the folder (cooldown branches, resume)
-        parent_id = broadcast_object(parent_id, dist)
-        if invocation is None:
-            invocation = Invocation(Path(cfg.checkpoint.dir) / cfg.experiment_name / parent_id, parent_id,
-                                    cfg.config_hash())
+    tracker = Tracker() if dist.is_main else NullTracker()
+    experiment_id, parent_id = _open_parent(cfg, dist, tracker, invocation, parity)
+    parent_id = broadcast_object(parent_id, dist)
+    if cfg.checkpoint.enabled and invocation is None:  # every rank needs the folder (cooldown branches, resume)
+        invocation = Invocation(Path(cfg.checkpoint.dir) / cfg.experiment_name / parent_id, parent_id,
+                                cfg.config_hash())
+        if dist.is_main:
+            invocation.save()
 
     session = _Session(cfg, splits, dist, runtimes, invocation, init_sources, tracker, parent_id, experiment_id,
                        progress, stop)
@@ -154,33 +128,73 @@ def run_experiment(cfg: ExperimentConfig, splits: Splits, dist: DistInfo, *, pro
         status = "FAILED"
         raise
     finally:
-        if dist.is_main and status != "FINISHED" and parent_id is not None:
+        if status != "FINISHED":
             tracker.finish(parent_id, status)
 
+    failed = sum(r is None for r in session.results.values())
+    dist.print(f"\n{cfg.name}: {len(session.results)} runs ({failed} failed)")
     if dist.is_main:
-        failed = sum(r is None for r in session.results.values())
-        print(f"\n{cfg.name}: {len(session.results)} runs ({failed} failed)")
-        report = log_report(tracker, cfg, parent_id)
-        if report is not None:  # the answer: the same summary as the report's tables and the analysis CLI
-            from analysis.summary import answer_metrics
-            from analysis.tables import format_cooldown_table, format_summary
-
-            print(format_summary(report.summary))
-            if report.cooldown_vs_full is not None:
-                print(f"\ncooldown branches vs full runs:\n{format_cooldown_table(report.cooldown_vs_full)}")
-            try:
-                tracker.log_metrics(parent_id, answer_metrics(report.summary))
-            except Exception as err:  # the tables are logged already; the metrics are a convenience
-                print(f"warning: could not log the summary metrics on the parent run ({type(err).__name__})",
-                      file=sys.stderr)
-        tracker.finish(parent_id, "FINISHED")
-        if invocation is not None:
-            invocation.finished = True
-            invocation.save()
-        print(f"\nFigures and tables: python -m analysis figures --experiment {cfg.experiment_name}\n"
-              f"Runs in MLflow: {tracker.runs_url(experiment_id)}\n"
-              f"Curves in MLflow: {tracker.curves_url(experiment_id)}")
+        _print_and_log_answer(tracker, cfg, parent_id)
+    tracker.finish(parent_id, "FINISHED")
+    if invocation is not None and dist.is_main:
+        invocation.finished = True
+        invocation.save()
+    dist.print(f"\nFigures and tables: python -m analysis figures --experiment {cfg.experiment_name}\n"
+               f"Runs in MLflow: {tracker.runs_url(experiment_id)}\n"
+               f"Curves in MLflow: {tracker.curves_url(experiment_id)}")
     return 0
+
+
+def _open_parent(cfg: ExperimentConfig, dist: DistInfo, tracker, invocation: Invocation | None,
+                 parity: str) -> tuple[str | None, str | None]:
+    """The experiment's id and the parent run: `invocation`'s, reopened, or a new one with the config
+    (None for both on ranks other than 0)."""
+    try:
+        tracker.check()
+        experiment_id = tracker.experiment_id(cfg.experiment_name)
+        if invocation is not None:
+            tracker.reopen(invocation.parent_run_id)
+    except TrackingError as err:
+        raise UsageError(str(err)) from None
+    except Exception as err:  # the parent run of the checkpoint is gone from the store
+        raise UsageError(f"--resume: MLflow run {invocation.parent_run_id} of {invocation.folder} cannot be "
+                         f"continued in {tracker.uri} ({type(err).__name__}); start fresh with --no-resume") from None
+    if invocation is not None:
+        dist.print(f"MLflow: resuming parent run {invocation.parent_run_id} of experiment {cfg.experiment_name!r} "
+                   f"from {invocation.folder} ({tracker.uri})")
+        return experiment_id, invocation.parent_run_id
+    run_name = cfg.tracking.run_name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    parent_id = tracker.start_run(
+        experiment_id, run_name,
+        tags={record.TAG_ROLE: record.ROLE_PARENT, record.TAG_TARGETS: str(list(cfg.targets)),
+              record.TAG_BASELINE: cfg.baseline_arm, record.TAG_CONFIG_HASH: cfg.config_hash(),
+              record.TAG_GIT_COMMIT: git_commit(PROJECT_DIR), record.TAG_PRECISION: parity},
+        params={"name": cfg.name, "seeds": cfg.seeds, "arms": [a.name for a in cfg.arms],
+                "targets": cfg.targets, "world_size": dist.world_size,
+                **flatten({"data": cfg.to_dict()["data"]}), "tokenizer": cfg.tokenizer,
+                **(flatten({"sweep": cfg.to_dict()["sweep"]}) if cfg.sweep.active else {})})
+    tracker.log_text(parent_id, cfg.to_yaml(), record.CONFIG_ARTIFACT)
+    dist.print(f"MLflow: experiment {cfg.experiment_name!r}, parent run {parent_id} ({tracker.uri})")
+    return experiment_id, parent_id
+
+
+def _print_and_log_answer(tracker: Tracker, cfg: ExperimentConfig, parent_id: str) -> None:
+    """Rank 0, after the last unit: the report of this invocation on the parent run, its summary printed
+    (the same summary as the report's tables and the analysis CLI) and logged as the parent's metrics."""
+    report = log_report(tracker, cfg, parent_id)
+    if report is None:
+        return
+    from analysis.summary import answer_metrics
+    from analysis.tables import format_cooldown_table, format_summary
+
+    print(format_summary(report.summary))
+    if report.cooldown_vs_full is not None:
+        print(f"\ncooldown branches vs full runs:\n{format_cooldown_table(report.cooldown_vs_full)}")
+    try:
+        tracker.log_metrics(parent_id, answer_metrics(report.summary))
+    except Exception as err:  # the tables are logged already; the metrics are a convenience
+        print(f"warning: could not log the summary metrics on the parent run ({type(err).__name__})",
+              file=sys.stderr)
 
 
 class _Session:
@@ -220,23 +234,21 @@ class _Session:
                 for budget in sweep.budgets_of(cfg, arm):
                     if (arm.name, budget) not in best:
                         raise UsageError(f"sweep.lr.{arm.name}: every learning rate diverged at budget {budget}")
-        if self.dist.is_main:
-            from analysis.tables import format_lr_table
+        from analysis.tables import format_lr_table
 
-            text = format_lr_table(table)
-            print(f"\nlearning-rate search (lowest mean final validation loss over seeds "
-                  f"{sweep.search_seeds(cfg)}):\n{text}")
-            for line in edge_warnings(table):
-                print(f"warning: {line}", file=sys.stderr)
-            self.tracker.log_text(self.parent_id, text + "\n", record.LR_SELECTION_TXT)
-            self.tracker.log_text(self.parent_id, table.to_csv(index=False), record.LR_SELECTION_CSV)
-            for (arm, budget), lr in best.items():
-                self.tracker.set_tag(self.parent_id, record.best_lr_tag(arm, budget),
-                                     f"{lr:g}")
-            for unit in units:
-                if unit.key in self.run_ids:
-                    chosen = best.get((unit.arm.name, unit.budget if per_budget else None)) == unit.lr
-                    self.tracker.set_tag(self.run_ids[unit.key], record.TAG_LR_SELECTED, str(chosen).lower())
+        text = format_lr_table(table)
+        self.dist.print(f"\nlearning-rate search (lowest mean final validation loss over seeds "
+                        f"{sweep.search_seeds(cfg)}):\n{text}")
+        for line in edge_warnings(table):
+            self.dist.print(f"warning: {line}", file=sys.stderr)
+        self.tracker.log_text(self.parent_id, text + "\n", record.LR_SELECTION_TXT)
+        self.tracker.log_text(self.parent_id, table.to_csv(index=False), record.LR_SELECTION_CSV)
+        for (arm, budget), lr in best.items():
+            self.tracker.set_tag(self.parent_id, record.best_lr_tag(arm, budget), f"{lr:g}")
+        for unit in units:
+            if unit.key in self.run_ids:
+                chosen = best.get((unit.arm.name, unit.budget if per_budget else None)) == unit.lr
+                self.tracker.set_tag(self.run_ids[unit.key], record.TAG_LR_SELECTED, str(chosen).lower())
         return broadcast_object(best, self.dist)
 
     def train(self, unit: sweep.Unit) -> ArmResult | None:
@@ -249,8 +261,7 @@ class _Session:
         if state is not None and state["finished"]:
             self.results[unit.key] = ArmResult.from_state(state["result"])
             self.run_ids[unit.key] = state["run_id"]
-            if dist.is_main:
-                print(f"{unit.label}: finished earlier ({state['path']}), not trained again")
+            dist.print(f"{unit.label}: finished earlier ({state['path']}), not trained again")
             return self.results[unit.key]
         branch_state = None
         if state is None and unit.branch_of is not None:
@@ -258,51 +269,32 @@ class _Session:
             try:
                 branch_state = load_branch(self.invocation.folder / unit.branch_of, unit.branch_step)
             except CheckpointError as err:  # the same computation from step 0 costs more but gives the same run
-                if dist.is_main:
-                    print(f"warning: {err}; training {unit.key} in full instead", file=sys.stderr)
+                dist.print(f"warning: {err}; training {unit.key} in full instead", file=sys.stderr)
         runtime = self.runtimes[arm.name]
         peak = arm.train.peak_flops
         if peak is None and runtime.device.type == "cuda":
             peak = self.peak_cache.setdefault("measured", measure_peak_flops(runtime.device))
-        logger, child_id, plan = NullLogger(), None, None
         pretrained = self.init_sources.get((arm.name, seed)) if state is None else None
-        if dist.is_main:
-            tracker = self.tracker
-            if state is not None:
-                child_id = state["run_id"]
-                tracker.reopen(child_id)
-                print(f"{unit.label}: resuming at step {state['step']} from {state['path']}")
-            else:
-                tags = {record.TAG_PARENT: self.parent_id, record.TAG_ROLE: record.ROLE_CHILD, record.TAG_ARM: arm.name,
-                        record.TAG_SEED: str(seed), record.TAG_MODEL_KIND: arm.model.kind, record.TAG_STAGE: unit.stage, record.TAG_METHOD: unit.method,
-                        **(pretrained.tags() if pretrained is not None else {})}
-                if branch_state is not None:
-                    tags.update({record.TAG_BRANCH_OF: branch_state["run_id"], record.TAG_BRANCH_STEP: str(unit.branch_step)})
-                child_id = tracker.start_run(self.experiment_id, unit.key, tags=tags,
-                                             params=_child_params(cfg, arm, seed, runtime, peak, dist))
-                if branch_state is not None:  # the branch's curve up to the branch point is its trunk's
-                    tracker.copy_history(branch_state["run_id"], child_id, unit.branch_step)
-                    print(f"{unit.key}: cooldown branch of {unit.branch_of} from step {unit.branch_step}")
-            self.run_ids[unit.key] = child_id
-            logger = tracker.logger(child_id)
-            if self.invocation is not None:
-                plan = CheckpointPlan(folder, cfg.checkpoint.every_tokens, cfg.checkpoint.keep_last,
-                                      identity={"config_hash": cfg.arm_hash(arm, seed), "run_id": child_id,
-                                                "parent_run_id": self.parent_id, "arm": arm.name, "seed": seed,
-                                                "unit": unit.key},
-                                      branch_steps=tuple(unit.branch_steps))
+        child_id = self._open_child(unit, state, branch_state, pretrained, runtime, peak)
+        logger = self.tracker.logger(child_id)
+        plan = None
+        if self.invocation is not None:  # every rank checks at the same steps; rank 0 writes (trainer.py)
+            plan = CheckpointPlan(folder, cfg.checkpoint.every_tokens, cfg.checkpoint.keep_last,
+                                  identity={"config_hash": cfg.arm_hash(arm, seed), "run_id": child_id,
+                                            "parent_run_id": self.parent_id, "arm": arm.name, "seed": seed,
+                                            "unit": unit.key},
+                                  branch_steps=tuple(unit.branch_steps))
         try:
-            if pretrained is not None and dist.is_main:
-                print(f"{arm.name} seed {seed}: starting from {pretrained.path} (step {pretrained.step})")
+            if pretrained is not None:
+                dist.print(f"{arm.name} seed {seed}: starting from {pretrained.path} (step {pretrained.step})")
             result = train_arm(arm, seed, self.splits, dist, logger, runtime=runtime, peak_flops=peak,
                                progress=self.progress, checkpoints=plan, resume=state or branch_state, stop=self.stop,
                                init_state=pretrained.weights() if pretrained is not None else None,
                                desc=unit.label, diagnostics=cfg.tracking.log_diagnostics,
                                downstream=self._downstream(runtime, child_id))
         except TrainingDiverged as err:  # this unit stops; the others still run
-            if dist.is_main:
-                print(f"\nwarning: {err}; run marked FAILED", file=sys.stderr)
-                self.tracker.set_tag(child_id, record.TAG_FAILURE, str(err))
+            dist.print(f"\nwarning: {err}; run marked FAILED", file=sys.stderr)
+            self.tracker.set_tag(child_id, record.TAG_FAILURE, str(err))
             _close(logger, "FAILED")
             self.results[unit.key] = None
             return None
@@ -311,14 +303,13 @@ class _Session:
             raise UsageError(str(err)) from None
         except Preempted as err:
             _close(logger, "KILLED")
-            if dist.is_main:
-                print(f"\n{unit.label}: {err}. Run the same command again to resume.", file=sys.stderr)
+            dist.print(f"\n{unit.label}: {err}. Run the same command again to resume.", file=sys.stderr)
             raise
         except BaseException:
             _close(logger, "KILLED" if isinstance(sys.exc_info()[1], KeyboardInterrupt) else "FAILED")
             raise
-        if dist.is_main:
-            logger.flush(wait=True)  # the final metrics are in the run before the model links to them
+        logger.flush(wait=True)  # the final metrics are in the run before the model links to them
+        if dist.is_main:  # samples and the model are made on rank 0 only
             end_of_run(self.tracker, cfg, arm, seed, result, child_id, self.experiment_id, plan, runtime)
         result.model = result.diagnostics = None  # results outlive the loop: keep no model (or GPU memory)
         _close(logger, "FINISHED")
@@ -326,6 +317,30 @@ class _Session:
         if branch_state is not None and dist.is_main:  # its own final checkpoint marks it done: free the disk
             branch_path(self.invocation.folder / unit.branch_of, unit.branch_step).unlink(missing_ok=True)
         return result
+
+    def _open_child(self, unit: sweep.Unit, state: dict | None, branch_state: dict | None, pretrained, runtime,
+                    peak) -> str | None:
+        """The unit's child run: reopened when `state` resumes it, else new (a cooldown branch gets its trunk's
+        curve up to the branch point); its id, None on ranks other than 0 for a new run."""
+        cfg, arm, seed, tracker = self.cfg, unit.arm, unit.seed, self.tracker
+        if state is not None:
+            child_id = state["run_id"]
+            tracker.reopen(child_id)
+            self.dist.print(f"{unit.label}: resuming at step {state['step']} from {state['path']}")
+        else:
+            tags = {record.TAG_PARENT: self.parent_id, record.TAG_ROLE: record.ROLE_CHILD, record.TAG_ARM: arm.name,
+                    record.TAG_SEED: str(seed), record.TAG_MODEL_KIND: arm.model.kind, record.TAG_STAGE: unit.stage,
+                    record.TAG_METHOD: unit.method, **(pretrained.tags() if pretrained is not None else {})}
+            if branch_state is not None:
+                tags.update({record.TAG_BRANCH_OF: branch_state["run_id"],
+                             record.TAG_BRANCH_STEP: str(unit.branch_step)})
+            child_id = tracker.start_run(self.experiment_id, unit.key, tags=tags,
+                                         params=_child_params(cfg, arm, seed, runtime, peak, self.dist))
+            if branch_state is not None:
+                tracker.copy_history(branch_state["run_id"], child_id, unit.branch_step)
+                self.dist.print(f"{unit.key}: cooldown branch of {unit.branch_of} from step {unit.branch_step}")
+        self.run_ids[unit.key] = child_id
+        return child_id
 
     def _downstream(self, runtime, child_id: str | None):
         """The `eval` section's plan for one child run (rank 0), logging each results JSON to it."""
