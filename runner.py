@@ -20,7 +20,7 @@ PROJECT_DIR = Path(__file__).resolve().parent
 if str(PROJECT_DIR) not in sys.path:  # `python /elsewhere/runner.py` and torchrun workers
     sys.path.insert(0, str(PROJECT_DIR))
 
-EXIT_BAD_INPUT = 2
+from analysis.errors import EXIT_BAD_INPUT, OneLineParser  # noqa: E402 (after the path is set)
 
 
 def _csv(kind):
@@ -46,7 +46,7 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="runner.py", description="Train the arms of an experiment YAML (baseline GPT vs nGPT) and "
                                       "log them to MLflow.")
     parser.add_argument("experiment", help="experiment YAML, e.g. experiments/verdict_vs_baseline.yaml")

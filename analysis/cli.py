@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from analysis.errors import AnalysisError, AnalysisWarning
+from analysis.errors import EXIT_BAD_INPUT, AnalysisError, AnalysisWarning, OneLineParser
 
 PROG = "python -m analysis"
 
@@ -35,13 +35,6 @@ examples:
   python -m analysis figures --experiment verdict_vs_baseline --out thesis/fig --parent latest
   python -m analysis summary --experiment verdict_vs_baseline --format latex
   python -m analysis list"""
-
-
-class _Parser(argparse.ArgumentParser):
-    """ArgumentParser whose errors are one line on stderr (exit code 2)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _float_list(text: str) -> list[float]:
@@ -77,10 +70,10 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
+    parser = OneLineParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="{figures,summary,list}", required=True,
-                                parser_class=_Parser)
+                                parser_class=OneLineParser)
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--experiment", "-e", required=True, metavar="NAME",
@@ -205,7 +198,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code (argparse raises ``SystemExit(2)`` on bad arguments)."""
+    """Entry point; returns the exit code (the parser exits with code 2 on bad arguments)."""
     parser = build_parser()
     args = parser.parse_args(list(argv) if argv is not None else None)
     for name in ("mlflow", "alembic"):
@@ -217,19 +210,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return handlers[args.command](args)
         except AnalysisError as exc:
-            print(f"{PROG}: error: {exc}", file=sys.stderr)
-            return 2
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
         except OSError as exc:  # e.g. the output folder cannot be written
-            print(f"{PROG}: error: {exc}", file=sys.stderr)
-            return 2
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
         except KeyboardInterrupt:
-            print(f"{PROG}: interrupted", file=sys.stderr)
+            print("interrupted", file=sys.stderr)
             return 130
         except Exception as exc:  # noqa: BLE001 - MLflow errors (e.g. server unreachable)
             if type(exc).__name__ == "MlflowException" or type(exc).__module__.startswith("mlflow"):
                 msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                print(f"{PROG}: error: MLflow: {msg}", file=sys.stderr)
-                return 2
+                print(f"error: MLflow: {msg}", file=sys.stderr)
+                return EXIT_BAD_INPUT
             raise
 
 

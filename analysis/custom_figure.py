@@ -10,22 +10,20 @@ the same style as the built-in figures. Copy this file and change the middle par
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from matplotlib.figure import Figure
 
 from analysis import record
-from analysis.errors import AnalysisError
+from analysis.errors import EXIT_BAD_INPUT, AnalysisError, OneLineParser
 from analysis.style import arm_styles, save_figure, style_context
 from analysis.load import load_experiment
 from analysis.report import default_out_dir
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m analysis.custom_figure",
-                                     description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m analysis.custom_figure", description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiment", "-e", required=True)
     parser.add_argument("--tracking-uri")
     parser.add_argument("--parent", help="one parent run id (default: all)")
@@ -36,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
                                tracking_uri=args.tracking_uri)
     except AnalysisError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
 
     frame = data.frame                       # the tidy frame
     val = frame[frame["metric"] == record.VAL_LOSS]

@@ -1,8 +1,24 @@
-"""Exception and warning types of the analysis package (kept import-light)."""
+"""How bad input reaches the user, and the analysis package's exception and warning types (import-light).
+
+`OneLineParser` is the argument parser of every datgpt command line (runner.py, `python -m analysis`, the
+training tools): it lives here, in the lowest layer, because analysis imports nothing from training.
+"""
 
 from __future__ import annotations
 
+import argparse
 import warnings
+from typing import NoReturn
+
+EXIT_BAD_INPUT = 2  # bad arguments, config, data or store: one line on stderr, no traceback
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr, `error: MESSAGE (see PROG --help)`, with exit
+    code 2, instead of argparse's usage block. Pass it as `parser_class` to `add_subparsers` too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"error: {message} (see {self.prog} --help)\n")
 
 
 class AnalysisError(Exception):

@@ -1,18 +1,14 @@
-"""The one argument parser of the training tools (`python -m training.sample`, `.evaluate`, `.bench`, `.data`):
-bad input is one line on stderr, `error: MESSAGE (see PROG --help)`, and exit code 2, instead of argparse's
-usage block. (analysis/cli.py has its own: the analysis package imports nothing from training.)"""
+"""What the training tools' command lines share (`python -m training.sample`, `.evaluate`, `.bench`, `.data`):
+the one argument parser of datgpt (`OneLineParser`, from analysis/errors.py: bad input is one line on stderr
+and exit code 2) and the options that say where a tool's model comes from."""
 
 from __future__ import annotations
 
 import argparse
-from typing import NoReturn
 
-EXIT_BAD_INPUT = 2
+from analysis.errors import EXIT_BAD_INPUT, OneLineParser
 
-
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_BAD_INPUT, f"error: {message} (see {self.prog} --help)\n")
+__all__ = ["EXIT_BAD_INPUT", "OneLineParser", "add_model_options"]
 
 
 def add_model_options(parser: argparse.ArgumentParser, run_help: str) -> None:

@@ -28,7 +28,6 @@ is given.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import re
@@ -124,14 +123,15 @@ def build(heldout: str) -> dict[Path, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.eval_tasks",
-                                     description="Rebuild the local lm-eval tasks' JSONL files.")
+    from training.cli import EXIT_BAD_INPUT, OneLineParser
+
+    parser = OneLineParser(prog="python -m training.eval_tasks", description="Rebuild the local lm-eval tasks' JSONL files.")
     parser.add_argument("--source", type=Path, help="the full the-verdict.txt: re-extract verdict_heldout.txt first")
     args = parser.parse_args(argv)
     if args.source is not None:
         if not args.source.is_file():
             print(f"error: --source: {args.source}: no such file", file=sys.stderr)
-            return 2
+            return EXIT_BAD_INPUT
         HELDOUT_FILE.write_text(heldout_text(args.source.read_text(encoding="utf-8")), encoding="utf-8")
     heldout = HELDOUT_FILE.read_text(encoding="utf-8")
     for path, content in build(heldout).items():
