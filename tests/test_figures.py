@@ -11,7 +11,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.container import ErrorbarContainer
 
 from analysis.diagnostics import fig_condition_numbers, fig_norms, log_ticks
-from analysis.figures import fig_tokens_to_target
+from analysis.answer_figures import fig_tokens_to_target
 from analysis.style import arm_styles, style_context
 from training.model_diagnostics import compute_diagnostics
 
