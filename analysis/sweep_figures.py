@@ -9,7 +9,6 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
-from analysis import record
 from analysis.curves import final_losses
 from analysis.style import LOSS_LABEL, ArmStyle, NotApplicable, format_tokens, ordered_arms, target_lines, tokens_axis
 
