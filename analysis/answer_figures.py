@@ -20,6 +20,9 @@ from analysis.tables import format_target
 
 __all__ = ["fig_tokens_to_target", "fig_speedup_vs_context", "mark_bounds"]
 
+_BOUND_NOTE = ("hollow marker = a bound (\u2265 lower, \u2264 upper): some seeds never reached the target "
+               "(or met it at the smallest budget), see the table")
+
 
 def fig_tokens_to_target(summary: pd.DataFrame, styles: dict[str, ArmStyle],
                          baseline_arm: str) -> Figure:
@@ -111,8 +114,7 @@ def fig_tokens_to_target(summary: pd.DataFrame, styles: dict[str, ArmStyle],
     if any(t.get_text() == "n.r." for ax in axes for t in ax.texts):
         notes.append("n.r. = not reached within the run")
     if any(t.get_text() in ("\u2265", "\u2264") for ax in axes for t in ax.texts):
-        notes.append("hollow marker = a bound (\u2265 lower, \u2264 upper): some seeds never reached the target "
-                     "(or met it at the smallest budget), see the table")
+        notes.append(_BOUND_NOTE)
     caption(fig, ";\n".join(notes) + ".")
     return fig
 
@@ -180,6 +182,7 @@ def fig_speedup_vs_context(summary: pd.DataFrame, styles: dict[str, ArmStyle],
             yerr = np.clip(np.vstack([np.nan_to_num(sp - lo, nan=0.0),
                                       np.nan_to_num(hi - sp, nan=0.0)]), 0, None)
             ax.errorbar(x, sp, yerr=yerr, label=arm, **styles[arm].line_kwargs())
+            mark_bounds(ax, x, sp, r["speedup_bound"], styles[arm])
         ax.axhline(1.0, color="0.3", linewidth=0.8, linestyle="--", zorder=1)
         ax.set_xscale("log", base=2)
         ax.set_xlim(ctx_ticks[0] / 1.3, ctx_ticks[-1] * 1.3)
@@ -193,6 +196,9 @@ def fig_speedup_vs_context(summary: pd.DataFrame, styles: dict[str, ArmStyle],
         ax.set_visible(False)
     axes[0].legend(loc="best")
     level = float(summary.attrs.get("ci_level", 0.95))
-    caption(fig, f"Speedup = ratio of the mean tokens to the target; dashed line = no speedup;\n"
-                 f"bars = {level:.0%} paired bootstrap CI over seeds (none with fewer than 2 seeds).")
+    notes = [f"Speedup = ratio of the mean tokens to the target; dashed line = no speedup;\n"
+             f"bars = {level:.0%} paired bootstrap CI over seeds (none with fewer than 2 seeds)"]
+    if any(t.get_text() in ("\u2265", "\u2264") for ax in axes for t in ax.texts):
+        notes.append(_BOUND_NOTE)
+    caption(fig, ";\n".join(notes) + ".")
     return fig

@@ -11,7 +11,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.container import ErrorbarContainer
 
 from analysis.diagnostics import fig_condition_numbers, fig_norms, log_ticks
-from analysis.answer_figures import fig_tokens_to_target
+from analysis.answer_figures import fig_speedup_vs_context, fig_tokens_to_target
 from analysis.style import arm_styles, style_context
 from training.model_diagnostics import compute_diagnostics
 
@@ -139,6 +139,25 @@ def test_tokens_to_target_with_seeds_says_what_its_bars_are():
         assert [t.get_text() for t in ax.get_xticklabels()] == ["7.0", "6.5", "6.0"]
         assert ax.get_xlim() == (-0.5, 2.5)
         assert not any(line.get_visible() for line in ax.xaxis.get_gridlines())
+
+
+def test_speedup_vs_context_marks_bounds():
+    """A speedup that is a bound (ngpt met the target at the smallest budget at context 64) is drawn hollow
+    with its sign, as in the table; an exact one is not."""
+    rows = []
+    for ctx, bound in ((64, "lower"), (256, "")):
+        for target in (8.0, 7.9):
+            part = summary(3).iloc[:2].assign(context_length=ctx, target=target)
+            part.loc[part["arm"] == "ngpt", "speedup_bound"] = bound if target == 8.0 else ""
+            rows.append(part)
+    frame = pd.concat(rows, ignore_index=True)
+    frame.attrs["ci_level"] = 0.95
+    with style_context():
+        fig = drawn(fig_speedup_vs_context(frame, arm_styles(["gpt", "ngpt"], "gpt"), "gpt"))
+    first, second = fig.axes[:2]
+    assert [(t.get_text(), t.xy[0]) for t in first.texts] == [("\u2265", 64.0)]
+    assert len(second.texts) == 0
+    assert "hollow marker = a bound" in notes(fig)
 
 
 @pytest.mark.parametrize("seeds", [1, 2])
