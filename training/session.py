@@ -147,8 +147,8 @@ def run_experiment(cfg: ExperimentConfig, splits: Splits, dist: DistInfo, *, pro
 
 def _open_parent(cfg: ExperimentConfig, dist: DistInfo, tracker, invocation: Invocation | None,
                  parity: str) -> tuple[str | None, str | None]:
-    """The experiment's id and the parent run: `invocation`'s, reopened, or a new one with the config
-    (None for both on ranks other than 0)."""
+    """The experiment's id and the parent run: `invocation`'s, reopened, or a new one with the config. On
+    ranks other than 0 the experiment's id is None, and so is a new parent run's (rank 0 broadcasts it)."""
     try:
         tracker.check()
         experiment_id = tracker.experiment_id(cfg.experiment_name)
@@ -157,6 +157,8 @@ def _open_parent(cfg: ExperimentConfig, dist: DistInfo, tracker, invocation: Inv
     except TrackingError as err:
         raise UsageError(str(err)) from None
     except Exception as err:  # the parent run of the checkpoint is gone from the store
+        if invocation is None:
+            raise
         raise UsageError(f"--resume: MLflow run {invocation.parent_run_id} of {invocation.folder} cannot be "
                          f"continued in {tracker.uri} ({type(err).__name__}); start fresh with --no-resume") from None
     if invocation is not None:
