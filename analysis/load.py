@@ -148,6 +148,7 @@ def load_experiment(
     tracking_uri: str | None = None,
     include_unfinished: bool = False,
     metrics: list[str] | None = None,
+    baseline_arm: str | None = None,
 ) -> ExperimentData:
     """Load the child runs of ``experiment`` with their full metric histories.
 
@@ -160,6 +161,8 @@ def load_experiment(
             warning).
         metrics: metric keys to load (default: all); ``val/loss`` is always loaded; a key ending in
             ``/`` loads every metric under it (``eval/``).
+        baseline_arm: the baseline arm; default the parent runs' ``datgpt.baseline_arm`` tag (the most
+            recent parent's, with a warning, when the parents disagree).
 
     Raises:
         TrackingStoreError: the store does not exist or cannot be read.
@@ -231,7 +234,9 @@ def load_experiment(
                 targets.append(t)
     baselines = [p.baseline_arm for p in ordered if p.baseline_arm]
     arms = sorted(runs["arm"].unique().tolist())
-    if baselines:
+    if baseline_arm is not None:  # chosen by the caller (--baseline): the tags do not matter
+        baseline = baseline_arm
+    elif baselines:
         baseline = baselines[0]
         if len(set(baselines)) > 1:
             warn(f"parent runs disagree on the baseline arm {sorted(set(baselines))}; "

@@ -76,14 +76,13 @@ def summarize_experiment(
     if n_resamples < 1:
         raise AnalysisError(f"the number of bootstrap resamples must be >= 1, not {n_resamples}")
     data = load_experiment(experiment, parent_run_id=parent_run_id, tracking_uri=tracking_uri,
-                           include_unfinished=include_unfinished, metrics=list(REPORT_METRICS))
+                           include_unfinished=include_unfinished, metrics=list(REPORT_METRICS),
+                           baseline_arm=baseline_arm)
     if targets is not None:
         data.targets = [float(t) for t in targets]
-    if baseline_arm is not None:
-        if baseline_arm not in set(data.runs["arm"]):
-            raise AnalysisError(f"unknown baseline arm {baseline_arm!r}; arms: "
-                                + ", ".join(sorted(set(data.runs["arm"]))))
-        data.baseline_arm = baseline_arm
+    if baseline_arm is not None and baseline_arm not in set(data.runs["arm"]):
+        raise AnalysisError(f"unknown baseline arm {baseline_arm!r}; arms: "
+                            + ", ".join(sorted(set(data.runs["arm"]))))
     summary = summarize(data.frame, data.targets, data.baseline_arm, mode=mode, level=level,
                         n_resamples=n_resamples, seed=seed)
     return data, summary

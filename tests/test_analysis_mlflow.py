@@ -416,6 +416,38 @@ def test_cli_errors_are_one_line_exit_2(env, tmp_path, capsys):
     assert not out.exists()
 
 
+def test_baseline_option_settles_parents_that_disagree(tmp_path, capsys):
+    """A --arms gpt_qk invocation tags its parent with baseline gpt_qk; --baseline gpt then decides, without
+    the warning that the parents disagree (which is given when nothing decides)."""
+    from mlflow.tracking import MlflowClient
+
+    from analysis.cli import main
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("two_passes")
+    t0 = int(time.time() * 1000) - 60_000
+    for i, (arms, baseline) in enumerate(((("gpt", "ngpt"), "gpt"), (("gpt_qk",), "gpt_qk"))):
+        parent = _log_parent(client, exp, targets=[9.0], baseline=baseline, start_time=t0 + 10_000 * i)
+        for arm in arms:
+            _log_child(client, exp, parent, arm=arm, seed=0, budget=100_000, ctx=64, val_every=25_000,
+                       tps=TPS.get(arm, 1e5), start_time=t0 + 10_000 * i + 1,
+                       loss_fn=lambda t, k={"gpt": 2e-5, "gpt_qk": 2.5e-5, "ngpt": 4e-5}[arm]: 10 - k * t)
+        client.set_terminated(parent)
+    args = ["summary", "-e", "two_passes", "--tracking-uri", uri, "--format", "csv", "--n-resamples", "10"]
+    assert main(args + ["--baseline", "gpt"]) == 0
+    out = capsys.readouterr()
+    assert "disagree" not in out.err
+    import io
+
+    import pandas as pd
+
+    rows = pd.read_csv(io.StringIO(out.out)).set_index("arm")
+    assert bool(rows.loc["gpt", "is_baseline"]) and rows.loc["ngpt", "speedup"] == pytest.approx(2.0)
+    assert main(args) == 0
+    assert "parent runs disagree on the baseline arm ['gpt', 'gpt_qk']; using 'gpt_qk'" in capsys.readouterr().err
+
+
 def test_cli_subprocess_unknown_experiment(store, tmp_path):
     env = dict(os.environ, MLFLOW_TRACKING_URI=store["uri"], PYTHONPATH=str(REPO))
     res = subprocess.run([sys.executable, "-m", "analysis", "figures", "--experiment", "nope"],
