@@ -155,17 +155,23 @@ def test_compare_methods_difference():
 
 # ------------------------------------------------------------------------------------------ end to end
 
-def test_a_rank_other_than_0_says_logs_and_writes_nothing(tmp_path, monkeypatch, capsys, one_thread):
-    """Under torchrun every rank runs the session; ranks other than 0 get the null tracker: a sweep with an lr
-    search and a cooldown branch trains there without printing, without touching the tracking store and
-    without writing a checkpoint (rank 0 does all three)."""
+def _gpt_sweep(tmp_path, monkeypatch, uri: str):
+    """One WSD arm (gpt) with an lr grid of 2, budgets 256 and 512 and both methods, run in `tmp_path`
+    against `uri`: its config and splits."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     raw = copy.deepcopy(TINY)
     raw["arms"] = {"gpt": raw["arms"]["gpt"]}
     raw["sweep"] = {"budgets": [256, 512], "method": "both", "lr": {"gpt": [1e-3, 1e-2]}}
     cfg = build_experiment(raw)
-    splits = load_splits(cfg.data, cfg.tokenizer, 16)
+    return cfg, load_splits(cfg.data, cfg.tokenizer, 16)
+
+
+def test_a_rank_other_than_0_says_logs_and_writes_nothing(tmp_path, monkeypatch, capsys, one_thread):
+    """Under torchrun every rank runs the session; ranks other than 0 get the null tracker: a sweep with an lr
+    search and a cooldown branch trains there without printing, without touching the tracking store and
+    without writing a checkpoint (rank 0 does all three)."""
+    cfg, splits = _gpt_sweep(tmp_path, monkeypatch, f"sqlite:///{tmp_path}/mlflow.db")
     calls = []
     monkeypatch.setattr(session, "train_arm", lambda *a, **k: calls.append(k["desc"]) or real_train_arm(*a, **k))
 
@@ -200,13 +206,7 @@ def test_sweep_end_to_end_with_cooldown_branches_and_resume(tmp_path, monkeypatc
     """An lr grid + budgets + both methods on a WSD arm: the branch is bitwise the full run of its
     budget; an interruption in the main stage resumes without retraining; the report compares them."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    raw = copy.deepcopy(TINY)
-    raw["arms"] = {"gpt": raw["arms"]["gpt"]}
-    raw["sweep"] = {"budgets": [256, 512], "method": "both", "lr": {"gpt": [1e-3, 1e-2]}}
-    cfg = build_experiment(raw)
-    splits = load_splits(cfg.data, cfg.tokenizer, 16)
+    cfg, splits = _gpt_sweep(tmp_path, monkeypatch, uri)
 
     calls = []
 
