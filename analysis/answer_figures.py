@@ -120,7 +120,7 @@ def fig_tokens_to_target(summary: pd.DataFrame, styles: dict[str, ArmStyle],
 
 
 def mark_bounds(ax: Any, x: np.ndarray, y: np.ndarray, bounds: pd.Series, st: ArmStyle) -> None:
-    """Draw the points that are bounds (censored seeds, analysis.summary) hollow, with \u2265 or \u2264 beside."""
+    """Draw the points that are bounds (censored seeds, analysis.censoring) hollow, with \u2265 or \u2264 beside."""
     symbol = {"lower": "\u2265", "upper": "\u2264"}
     for xp, yy, bound in zip(x, y, bounds.fillna("").astype(str)):
         if bound in symbol and np.isfinite(yy):
