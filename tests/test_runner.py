@@ -365,6 +365,20 @@ def test_bad_input_exits_2_with_one_line(tmp_path, monkeypatch, capsys, args, me
     assert not (tmp_path / "mlflow.db").exists()  # nothing logged
 
 
+@pytest.mark.parametrize("args,message", [
+    (["--seeds", "x"], "error: argument --seeds: expected comma-separated ints, got 'x' (see runner.py --help)"),
+    (["--nproc-per-node", "0"], "error: argument --nproc-per-node: expected a positive integer, got '0'"),
+    (["--bogus"], "error: unrecognized arguments: --bogus (see runner.py --help)"),
+])
+def test_bad_arguments_are_one_line_and_exit_2(tmp_path, capsys, args, message):
+    """The command line's own errors (argparse) are one line too, not a usage block."""
+    with pytest.raises(SystemExit) as exc:
+        runner.main([str(tmp_path / "any.yaml"), *args])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(message), err
+
+
 def test_bad_input_in_a_real_process_is_one_line_and_exit_2(tmp_path, data_dir):
     """The same through the command line, once: the exit code and stderr a shell sees, no traceback."""
     args, message = BAD_INPUT[1]
