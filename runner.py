@@ -112,7 +112,7 @@ def dry_run(cfg, splits, runtimes: dict, world_size: int = 1) -> None:
     import torch
 
     from models import build_model
-    from training.config import local_accum_steps
+    from training.config import TOKENIZER_VOCAB, local_accum_steps
     from training.tracking import tracking_uri
 
     print(f"experiment {cfg.name!r} from {cfg.source}: seeds {cfg.seeds}, targets {cfg.targets}")
@@ -121,7 +121,7 @@ def dry_run(cfg, splits, runtimes: dict, world_size: int = 1) -> None:
         from training.data.prepare import cache_folder
 
         print(f"data: {cfg.data.hf.name} ({cfg.data.hf.config or 'default config'}), not prepared yet: the first "
-              f"real run streams and tokenizes it into {cache_folder(*hf_source(cfg.data))} ({cfg.tokenizer})")
+              f"real run streams and tokenizes it into {cache_folder(*hf_source(cfg.data, cfg.tokenizer))} ({cfg.tokenizer})")
     else:
         print(f"data: {splits.source} -> {splits.train.numel():,} train / {splits.val.numel():,} validation tokens "
               f"({cfg.tokenizer})")
@@ -159,6 +159,10 @@ def dry_run(cfg, splits, runtimes: dict, world_size: int = 1) -> None:
         print(f"\n== arm {arm.name} ==")
         print(f"parameters: {model.num_params():,} ({model.num_params(exclude_embedding=True):,} without the "
               f"input embedding); FLOPs/token {model.flops_per_token(arm.model.context_length):,}")
+        n_ids = TOKENIZER_VOCAB[cfg.tokenizer]
+        pad = arm.model.vocab_size - n_ids
+        print(f"vocabulary: {arm.model.vocab_size:,} embedding rows = {n_ids:,} {cfg.tokenizer} ids"
+              f"{f' + {pad:,} rows of padding (never a target, never sampled)' if pad else ''}")
         print(f"tokens per step: {arm.tokens_per_step():,}; steps: {arm.steps():,}; "
               f"tokens trained: {arm.steps() * arm.tokens_per_step():,}")
         print(f"runtime: {rt.device.type}, {rt.precision}, compile {'on' if rt.compile else 'off'}; "
@@ -215,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             _check_tracking_server()
         context_length = max(arm.model.context_length for arm in cfg.arms)
-        if args.dry_run and cfg.data.hf is not None and not _hf_prepared(cfg.data):
+        if args.dry_run and cfg.data.hf is not None and not _hf_prepared(cfg.data, cfg.tokenizer):
             dry_run(cfg, None, runtimes, world_size)  # a dry run does not stream and tokenize a dataset (hours)
             return 0
         splits = load_splits(cfg.data, cfg.tokenizer, context_length)
@@ -256,7 +260,7 @@ def _check_tracking_server() -> None:
             raise UsageError(str(err)) from None
 
 
-def _hf_prepared(data) -> bool:
+def _hf_prepared(data, tokenizer: str) -> bool:
     """Whether a `data.hf` dataset is already prepared in the cache (a complete manifest)."""
     import json
 
@@ -264,7 +268,7 @@ def _hf_prepared(data) -> bool:
     from training.data.prepare import cache_folder
     from training.data.shards import MANIFEST
 
-    manifest = cache_folder(*hf_source(data)) / MANIFEST
+    manifest = cache_folder(*hf_source(data, tokenizer)) / MANIFEST
     try:
         return bool(json.loads(manifest.read_text()).get("complete"))
     except (OSError, ValueError):

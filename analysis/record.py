@@ -65,6 +65,8 @@ TAG_CURVES_VIEW = f"mlflow.sharedViewState.{CURVES_VIEW_KEY}"
 # ------------------------------------------------------------------ parent tags
 TAG_TARGETS = "datgpt.targets"  # JSON list of the target validation losses
 TAG_BASELINE = "datgpt.baseline_arm"
+TAG_LOSS_UNIT = "datgpt.loss_unit"  # what one token id is, so what a loss is per: "token" (GPT-2 BPE) or "byte"
+LOSS_UNIT_DEFAULT = "token"  # parent runs written before the tag existed were all GPT-2
 TAG_CONFIG_HASH = "datgpt.config_hash"
 TAG_GIT_COMMIT = "datgpt.git_commit"
 TAG_PRECISION = "datgpt.precision"  # each arm's device/precision/compile/parameter dtype, and parity

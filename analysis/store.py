@@ -33,6 +33,7 @@ class ParentInfo:
     git_commit: str | None
     status: str
     start_time: int | None  # ms since the epoch
+    loss_unit: str = record.LOSS_UNIT_DEFAULT  # what a loss is per: "token" or "byte" (the tokenizer's unit)
 
 
 def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
@@ -185,4 +186,5 @@ def parent_info(run: "Run") -> ParentInfo:
         git_commit=tags.get(record.TAG_GIT_COMMIT),
         status=run.info.status,
         start_time=run.info.start_time,
+        loss_unit=tags.get(record.TAG_LOSS_UNIT) or record.LOSS_UNIT_DEFAULT,
     )

@@ -85,6 +85,35 @@ def test_fixed_split_and_validation_windows(data_dir):
     assert x2.shape == (2, 64)
 
 
+def test_spread_validation_windows_cover_the_whole_split(data_dir, tmp_path):
+    from training.data.shards import ShardedTokens
+
+    splits = load_splits(DataConfig(dataset="tinyshakespeare", val_fraction=0.1), "bytes", 64)
+    val = splits.val
+    n_val = val.numel()
+    assert n_val > 20 * 64
+    x, y = val_windows(val, 64, eval_tokens=1024, placement="spread")
+    assert x.shape == y.shape == (16, 64) and torch.equal(x[:, 1:], y[:, :-1])
+
+    def starts_of(rows):
+        return [int(torch.nonzero((val.unfold(0, 64, 1) == row).all(dim=1))[0]) for row in rows]
+
+    for rows, n in ((x, 16), (val_windows(val, 64, eval_tokens=10 ** 9, placement="spread")[0], (n_val - 1) // 64)):
+        starts = starts_of(rows)
+        assert len(starts) == n and starts[0] == 0 and starts[-1] + 64 == n_val - 1  # first token to last target
+        gaps = [b - a for a, b in zip(starts, starts[1:])]
+        assert min(gaps) >= 64 and max(gaps) - min(gaps) <= 1  # evenly spaced, targets never overlap
+    first, _ = val_windows(val, 64, eval_tokens=1024)  # the default: the first 16 windows in a row
+    assert torch.equal(first.flatten(), val[:16 * 64])
+    # memory-mapped shards give the same windows
+    path = tmp_path / "val.bin"
+    from training.data.shards import write_shard
+
+    write_shard(path, val.numpy().astype("uint16"))
+    sharded, _ = val_windows(ShardedTokens([path]), 64, eval_tokens=1024, placement="spread")
+    assert torch.equal(sharded, x)
+
+
 def test_context_longer_than_data_is_rejected(data_dir, tmp_path):
     with pytest.raises(DataError, match="data.val_fraction: .* fewer than one window"):
         load_splits(DataConfig(dataset="verdict", val_fraction=0.1), "gpt2", 1024)

@@ -272,7 +272,7 @@ def test_yaml_hf_kind_prepares_into_the_cache_once(tmp_path, fineweb_parquet, mo
 def _hf(cfg):
     from training.data.corpus import hf_source
 
-    return hf_source(cfg.data)
+    return hf_source(cfg.data, cfg.tokenizer)
 
 
 # ----------------------------------------------------------------------------- errors

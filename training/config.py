@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from models.config import ModelConfig
+from training.data.tokenizer import N_VOCAB as TOKENIZER_VOCAB  # token ids the model must be able to embed
 from training.typed_yaml import ConfigError, build, positive
 
 
@@ -94,6 +95,8 @@ class TrainConfig:
     grad_accum_steps: int = 1  # micro-batches per optimizer step, summed over all processes
     eval_every_tokens: int = 50_000  # evaluate validation loss every this many training tokens
     eval_tokens: int = 20_000  # validation tokens per evaluation (the same fixed tokens every time)
+    eval_windows: str = "first"  # where those windows lie: "first" (consecutive, from the start of the validation
+    # split) or "spread" (evenly spaced over the whole validation split); see training/data/corpus.py val_windows
     log_every_steps: int = 1  # log training metrics every this many optimizer steps
     grad_clip: float = 1.0  # clip the global gradient norm to this; 0 disables clipping
     precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU), "bf16" or "fp32"
@@ -217,7 +220,7 @@ class ExperimentConfig:
     arms: list[ArmConfig]
     seeds: list[int] = field(default_factory=lambda: [0])
     data: DataConfig = field(default_factory=DataConfig)
-    tokenizer: str = "gpt2"
+    tokenizer: str = "gpt2"  # "gpt2" (tiktoken's BPE, 50,257 ids) or "bytes" (UTF-8 bytes + end-of-document, 257 ids)
     targets: list[float] = field(default_factory=list)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -322,11 +325,11 @@ CHOICES = {
     "train.precision": ("auto", "bf16", "fp32"),
     "train.compile": ("auto", "on", "off"),
     "train.device": ("auto", "cuda", "cpu"),
+    "train.eval_windows": ("first", "spread"),
     "optim.schedule": ("cosine", "linear", "wsd", "constant"),
     "sweep.method": SWEEP_METHODS,
 }
-TOKENIZERS = ("gpt2",)
-TOKENIZER_VOCAB = {"gpt2": 50257}  # token ids the model must be able to embed
+TOKENIZERS = tuple(TOKENIZER_VOCAB)  # training/data/tokenizer.py: gpt2, bytes
 BUILTIN_DATASETS = ("verdict", "tinyshakespeare")
 
 

@@ -54,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(args) -> tuple[torch.nn.Module, str, int | None, int | None]:
-    """The model, where it came from, and its optimizer step and tokens (None when unknown)."""
+def _load(args) -> tuple[torch.nn.Module, str, str, int | None, int | None]:
+    """The model, where it came from, its tokenizer, and its optimizer step and tokens (None when unknown)."""
     if args.checkpoint is not None:
         try:
             pretrained = resolve(args.checkpoint, args.checkpoint_dir, seed=0)
@@ -67,16 +67,16 @@ def _load(args) -> tuple[torch.nn.Module, str, int | None, int | None]:
             pretrained = resolve(args.run, args.checkpoint_dir)
             model = pretrained.build_model()
         except PretrainedError as err:
-            from training.sample import logged_model
+            from training.sample import logged_model, run_tokenizer
 
             model = logged_model(args.run)
             if model is None:
                 raise EvaluateError(f"--run: {err}; nor has the run a logged model") from None
             step, tokens = _last_step(args.run)
-            return model, f"MLflow model runs:/{args.run}/model", step, tokens
+            return model, f"MLflow model runs:/{args.run}/model", run_tokenizer(args.run), step, tokens
     where = f"{pretrained.path} (step {pretrained.step}, {pretrained.tokens:,} tokens"
     where += f"; arm {pretrained.arm} seed {pretrained.seed})" if pretrained.arm else ")"
-    return model, where, pretrained.step, pretrained.tokens
+    return model, where, pretrained.tokenizer, pretrained.step, pretrained.tokens
 
 
 def _client():
@@ -157,16 +157,17 @@ def main(argv: list[str] | None = None) -> int:
             _check_run(args.run)
         device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
                               else "cpu")
-        model, where, step, tokens = _load(args)
+        model, where, tokenizer, step, tokens = _load(args)
         from training.downstream import check_tasks, evaluate_model, format_results, metrics_of, results_json
 
         manager = check_tasks(tasks)
-        print(f"model: {where}; tasks {', '.join(tasks)}"
+        print(f"model: {where}; {tokenizer} tokenizer; tasks {', '.join(tasks)}"
               f"{f', at most {args.limit} documents each' if args.limit else ''}; batch {args.batch_size}, "
               f"{device.type}", file=sys.stderr)
         start = time.perf_counter()
         results = evaluate_model(model.to(device), tasks, manager=manager, limit=args.limit,
-                                 batch_size=args.batch_size, device=device, progress=not args.no_progress)
+                                 batch_size=args.batch_size, device=device, tokenizer=tokenizer,
+                                 progress=not args.no_progress)
         seconds = time.perf_counter() - start
     except (EvaluateError, EvalSetupError, TokenizerError) as err:
         print(f"error: {err}", file=sys.stderr)

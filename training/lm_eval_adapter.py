@@ -6,8 +6,8 @@ uses, so requests are tokenized exactly as lm-eval tokenizes them for a causal m
 
 * ``loglikelihood(context, continuation)``: ``context + continuation`` is encoded whole and split so
   that the continuation's tokens are those after the context's (a trailing space of the context goes
-  to the continuation); an empty context is the end-of-text token 50256 (lm-eval's
-  ``prefix_token_id``). The model reads ``(context + continuation)[:-1]`` truncated from the left to
+  to the continuation); an empty context is the tokenizer's end-of-text token (lm-eval's
+  ``prefix_token_id``: 50256 for GPT-2, 256 for bytes). The model reads ``(context + continuation)[:-1]`` truncated from the left to
   its ``context_length`` (the continuation is always kept whole; one longer than ``context_length``
   tokens is an error). The result is the sum over the continuation's tokens of ``log_softmax`` of
   the model's logits, and ``is_greedy``: every continuation token is the argmax.
@@ -21,9 +21,14 @@ uses, so requests are tokenized exactly as lm-eval tokenizes them for a causal m
   a generator seeded with ``seed``), at most ``max_gen_toks`` tokens (default 256), cut at the first
   of the ``until`` strings or the end-of-text token.
 
-Vocabulary: the models' embedding is padded to ``vocab_size`` (50,304) rows; only the tokenizer's
-50,257 ids are real, so the logits are sliced to ``n_vocab`` before the log-softmax (the padded rows
-get no probability mass, and can never be the argmax or be generated).
+Vocabulary: the models' embedding is padded to ``vocab_size`` rows (e.g. 50,304); only the tokenizer's
+ids are real (50,257 for GPT-2, 257 for bytes), so the logits are sliced to ``n_vocab`` before the
+log-softmax (the padded rows get no probability mass, and can never be the argmax or be generated).
+
+Tokenizers: either of training/data/tokenizer.py's (``gpt2``, ``bytes``); every request is tokenized
+with it. lm-eval's perplexity metrics are tokenizer-free: ``bits_per_byte`` and ``byte_perplexity`` divide the
+summed log-likelihood by the document's UTF-8 bytes, ``word_perplexity`` by its words; for a ``bytes`` model
+``bits_per_byte`` is its mean loss per byte over the document, in bits.
 
 Batching: requests are sorted by length (longest first; ties by the tokens) and scored
 ``batch_size`` at a time, right-padded; padded positions come after every scored position and
@@ -44,7 +49,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from training.data.tokenizer import EOT_TOKEN, GPT2_N_VOCAB, get_encoding
+from training.data.tokenizer import GPT2_N_VOCAB, get_encoding
 
 try:  # the optional extra: pip install -e ".[eval]"
     from lm_eval.api.model import TemplateLM as _Base
@@ -96,11 +101,11 @@ class DatgptLM(_Base):
     # ------------------------------------------------------------------ what lm-eval asks of a model
     @property
     def eot_token_id(self) -> int:
-        return EOT_TOKEN
+        return self.enc.eot_token
 
     @property
     def prefix_token_id(self) -> int:
-        return EOT_TOKEN
+        return self.enc.eot_token
 
     @property
     def max_length(self) -> int:
@@ -116,11 +121,11 @@ class DatgptLM(_Base):
 
     @property
     def tokenizer_name(self) -> str:
-        return "gpt2"
+        return self.enc.name
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
-        """GPT-2 BPE of ordinary text (special-token text such as ``<|endoftext|>`` stays plain text,
-        as in training)."""
+        """The tokenizer's ids of ordinary text (special-token text such as ``<|endoftext|>`` stays plain
+        text, as in training)."""
         return self.enc.encode_ordinary(string)
 
     def tok_decode(self, tokens: list[int]) -> str:
@@ -159,7 +164,8 @@ class DatgptLM(_Base):
             if not cont:
                 raise ValueError(f"request {i}: the continuation has no tokens")
             if not ctx:
-                raise ValueError(f"request {i}: the context has no tokens (an empty context is [{EOT_TOKEN}])")
+                raise ValueError(f"request {i}: the context has no tokens (an empty context is "
+                                 f"[{self.eot_token_id}])")
             if len(cont) > window:
                 raise ValueError(f"request {i}: a continuation of {len(cont)} tokens does not fit the model's "
                                  f"context_length={window}")
@@ -172,7 +178,7 @@ class DatgptLM(_Base):
             for start in range(0, len(order), self.batch_size):
                 batch = order[start:start + self.batch_size]
                 length = len(inputs[batch[0]])  # the longest: sorted longest first
-                x = torch.full((len(batch), length), EOT_TOKEN, dtype=torch.long)
+                x = torch.full((len(batch), length), self.eot_token_id, dtype=torch.long)
                 for row, i in enumerate(batch):
                     x[row, :len(inputs[i])] = torch.tensor(inputs[i], dtype=torch.long)
                 logits, _ = self.model(x.to(self.device))
@@ -221,8 +227,8 @@ class DatgptLM(_Base):
         jobs = []
         for i, req in enumerate(requests):
             context, gen_kwargs = req.args
-            settings = _generation_settings(gen_kwargs, self.enc.decode([EOT_TOKEN]))
-            prompt = (self.tok_encode(context) or [EOT_TOKEN])[-self.max_length:]
+            settings = _generation_settings(gen_kwargs, self.enc.decode([self.eot_token_id]))
+            prompt = (self.tok_encode(context) or [self.eot_token_id])[-self.max_length:]
             jobs.append((i, prompt, settings))
         jobs.sort(key=lambda job: (-len(job[1]), job[2], job[1]))
         out: list[str | None] = [None] * len(requests)
@@ -260,8 +266,8 @@ class DatgptLM(_Base):
                 produced += n
                 for row in range(len(prompts)):
                     new = idx[row, len(prompts[row]):].tolist()
-                    if EOT_TOKEN in new:
-                        new = new[:new.index(EOT_TOKEN)]
+                    if self.eot_token_id in new:
+                        new = new[:new.index(self.eot_token_id)]
                         done[row] = True
                     texts[row], stopped = _cut(self.tok_decode(new), until)
                     done[row] = done[row] or stopped

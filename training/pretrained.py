@@ -63,6 +63,7 @@ class Pretrained:
     arm: str | None
     seed: int | None
     model_config: dict[str, Any] | None  # None for checkpoints written before it was stored
+    tokenizer: str = "gpt2"  # what its token ids mean (checkpoints written before it was stored: gpt2)
 
     def tags(self) -> dict[str, str]:
         """The lineage tags of a run initialized from this checkpoint."""
@@ -115,7 +116,8 @@ def _describe(spec: str, path: Path) -> Pretrained:
     return Pretrained(spec=spec, path=path.resolve(), step=int(state.get("step", 0)),
                       tokens=int(state.get("tokens", 0)), finished=bool(state.get("finished", False)),
                       run_id=state.get("run_id"), parent_run_id=state.get("parent_run_id"), arm=state.get("arm"),
-                      seed=state.get("seed"), model_config=state.get("model_config"))
+                      seed=state.get("seed"), model_config=state.get("model_config"),
+                      tokenizer=state.get("tokenizer", "gpt2"))
 
 
 def _newest(spec: str, folder: Path, finished_only: bool = False) -> Pretrained | None:

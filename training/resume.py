@@ -65,6 +65,9 @@ def resolve_init_from(cfg: ExperimentConfig, invocation: Invocation | None) -> d
             try:
                 pretrained = resolve(arm.init_from, cfg.checkpoint.dir, arm.name, seed)
                 check_model(pretrained, arm.model)
+                if pretrained.tokenizer != cfg.tokenizer:
+                    raise PretrainedError(f"{pretrained.path} was trained with tokenizer {pretrained.tokenizer!r}, "
+                                          f"this experiment uses {cfg.tokenizer!r}")
             except PretrainedError as err:
                 raise UsageError(f"arms.{arm.name}.init_from: {err}") from None
             found[(arm.name, seed)] = pretrained

@@ -71,8 +71,8 @@ def sample_report(model, tokenizer: str, device: torch.device, autocast=None, he
     return "\n".join(lines)
 
 
-def _load(args) -> tuple[torch.nn.Module, str]:
-    """The model and a line saying where it came from."""
+def _load(args) -> tuple[torch.nn.Module, str, str]:
+    """The model, a line saying where it came from, and its tokenizer."""
     if args.checkpoint is not None:
         pretrained = resolve(args.checkpoint, args.checkpoint_dir, seed=0)
     else:
@@ -85,11 +85,21 @@ def _load(args) -> tuple[torch.nn.Module, str]:
             model = logged_model(run_id)
             if model is None:
                 raise SampleError(f"--run: {err}; nor has the run a logged model") from None
-            return model, f"MLflow model runs:/{run_id}/model"
+            return model, f"MLflow model runs:/{run_id}/model", run_tokenizer(run_id)
     model = pretrained.build_model()
     where = f"{pretrained.path} (step {pretrained.step}, {pretrained.tokens:,} tokens"
     where += f"; arm {pretrained.arm} seed {pretrained.seed})" if pretrained.arm else ")"
-    return model, where
+    return model, where, pretrained.tokenizer
+
+
+def run_tokenizer(run_id: str) -> str:
+    """The tokenizer an MLflow child run trained with (its `tokenizer` param; gpt2 when it has none)."""
+    try:
+        from mlflow import MlflowClient
+
+        return MlflowClient().get_run(run_id).data.params.get("tokenizer", "gpt2")
+    except Exception:
+        return "gpt2"
 
 
 def logged_model(run_id: str):
@@ -141,12 +151,12 @@ def main(argv: list[str] | None = None) -> int:
         device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
                               else "cpu")
         try:
-            model, where = _load(args)
+            model, where, tokenizer = _load(args)
         except PretrainedError as err:
             raise SampleError(f"--checkpoint: {err}") from None
-        print(f"model: {where}; {args.max_new_tokens} new tokens, temperature {args.temperature}, "
-              f"top-k {args.top_k or 'off'}, seed {args.seed}, {device.type}", file=sys.stderr)
-        texts = generate_text(model.to(device), args.prompt, max_new_tokens=args.max_new_tokens,
+        print(f"model: {where}; {tokenizer} tokenizer, {args.max_new_tokens} new tokens, temperature "
+              f"{args.temperature}, top-k {args.top_k or 'off'}, seed {args.seed}, {device.type}", file=sys.stderr)
+        texts = generate_text(model.to(device), args.prompt, tokenizer=tokenizer, max_new_tokens=args.max_new_tokens,
                               temperature=args.temperature, top_k=args.top_k or None, seed=args.seed,
                               num_samples=args.num_samples, device=device)
     except (SampleError, TokenizerError) as err:

@@ -24,6 +24,7 @@ from training.artifacts import PROJECT_DIR, end_of_run, log_report
 from training.checkpoint import CheckpointError, Invocation, branch_path, check_writable, load_branch, load_latest
 from training.config import ArmConfig, ExperimentConfig, arm_to_dict, flatten, local_accum_steps
 from training.data.corpus import Splits
+from training.data.tokenizer import UNIT as TOKENIZER_UNIT
 from training.distributed import DistInfo, barrier, broadcast_object
 from training.errors import UsageError
 from training.resume import check_resumable, find_invocation, resolve_init_from
@@ -170,7 +171,8 @@ def _open_parent(cfg: ExperimentConfig, dist: DistInfo, tracker, invocation: Inv
         experiment_id, run_name,
         tags={record.TAG_ROLE: record.ROLE_PARENT, record.TAG_TARGETS: str(list(cfg.targets)),
               record.TAG_BASELINE: cfg.baseline_arm, record.TAG_CONFIG_HASH: cfg.config_hash(),
-              record.TAG_GIT_COMMIT: git_commit(PROJECT_DIR), record.TAG_PRECISION: parity},
+              record.TAG_GIT_COMMIT: git_commit(PROJECT_DIR), record.TAG_PRECISION: parity,
+              record.TAG_LOSS_UNIT: TOKENIZER_UNIT[cfg.tokenizer]},
         params={"name": cfg.name, "seeds": cfg.seeds, "arms": [a.name for a in cfg.arms],
                 "targets": cfg.targets, "world_size": dist.world_size,
                 **flatten({"data": cfg.to_dict()["data"]}), "tokenizer": cfg.tokenizer,
@@ -284,7 +286,7 @@ class _Session:
             plan = CheckpointPlan(folder, cfg.checkpoint.every_tokens, cfg.checkpoint.keep_last,
                                   identity={"config_hash": cfg.arm_hash(arm, seed), "run_id": child_id,
                                             "parent_run_id": self.parent_id, "arm": arm.name, "seed": seed,
-                                            "unit": unit.key},
+                                            "unit": unit.key, "tokenizer": cfg.tokenizer},
                                   branch_steps=tuple(unit.branch_steps))
         try:
             if pretrained is not None:

@@ -205,7 +205,7 @@ class _ArmTraining:
             self.result.evals = previous.evals
         self.batches = TrainBatches(splits.train, arm.model.context_length, t.micro_batch_size, t.grad_accum_steps,
                                     seed)
-        self.val_x, self.val_y = val_windows(splits.val, arm.model.context_length, t.eval_tokens)
+        self.val_x, self.val_y = val_windows(splits.val, arm.model.context_length, t.eval_tokens, t.eval_windows)
         self.first_micro = dist.rank * self.local_accum
 
         self.train_seconds = resume["result"]["train_seconds"] if resume else 0.0

@@ -18,6 +18,7 @@ from training.data import DataError
 from training.data.prepare import (DEFAULT_CHUNK_DOCS, DEFAULT_SHARD_TOKENS, DEFAULT_VAL_TOKENS, PrepareSettings,
                                    cache_folder, folder_lock, prepare, remove_prepare)
 from training.data.sources import FileSource, HFSource
+from training.data.tokenizer import N_VOCAB
 
 def _count(text: str) -> int:
     """1000000, 1_000_000, 1e6 -> 1000000."""
@@ -35,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     p = sub.add_parser(
         "prepare", help="tokenize a corpus into uint16 token shards",
-        description="Tokenize a corpus once into uint16 token shards (GPT-2 BPE, end-of-text before each "
-                    "document): validation shards from the first documents, then training shards. "
+        description="Tokenize a corpus once into uint16 token shards (GPT-2 BPE or UTF-8 bytes, the "
+                    "tokenizer's end-of-text id before each document): validation shards from the first documents, then training shards. "
                     "Resumable: rerun the same command after an interruption.")
     p.add_argument("paths", nargs="*", metavar="PATH",
                    help="local files or folders: .txt/.md, .jsonl/.ndjson, .json, .parquet (text formats may be .gz)")
@@ -45,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hf-config", metavar="CONFIG", help="dataset configuration (e.g. sample-10BT)")
     p.add_argument("--split", default="train", help="dataset split (default train)")
     p.add_argument("--data-files", nargs="+", metavar="FILE", help="data_files for a datasets builder")
+    p.add_argument("--tokenizer", choices=tuple(N_VOCAB), default="gpt2",
+                   help="gpt2 (tiktoken's BPE, default) or bytes (UTF-8 bytes, id 256 before each document); "
+                        "recorded in the folder's manifest, and a YAML's `tokenizer` must match it")
     p.add_argument("--text-field", default="text", help="the field holding each document's text (default text)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: the cache folder that a YAML data.hf "
                                                 "with the same settings uses, under $DATGPT_DATA_DIR/shards)")
@@ -82,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             source = FileSource(tuple(args.paths))
         settings = PrepareSettings(text_field=args.text_field, max_tokens=args.max_tokens,
-                                   val_tokens=args.val_tokens, shard_tokens=args.shard_tokens)
+                                   val_tokens=args.val_tokens, shard_tokens=args.shard_tokens,
+                                   tokenizer=args.tokenizer)
         settings.validate()
         source.check()
         out = Path(args.out).expanduser() if args.out else cache_folder(source, settings)

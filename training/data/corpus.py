@@ -140,11 +140,12 @@ def _load_shards(cfg: DataConfig, tokenizer: str, context_length: int) -> Splits
         label, folder = "data.shards", Path(cfg.shards).expanduser()
     else:
         label = "data.hf"
-        folder = prepare.ensure_prepared(*hf_source(cfg))
+        folder = prepare.ensure_prepared(*hf_source(cfg, tokenizer))
     opened = shards.open_folder(folder, label)
-    made_with = opened.manifest.get("settings", {}).get("tokenizer", tokenizer)
+    made_with = opened.manifest.get("settings", {}).get("tokenizer", "gpt2")
     if made_with != tokenizer:
-        raise DataError(f"{label}: {folder} was tokenized with {made_with!r}, the experiment uses {tokenizer!r}")
+        raise DataError(f"{label}: {folder} was tokenized with {made_with!r}, the experiment uses tokenizer "
+                        f"{tokenizer!r}; prepare it again with --tokenizer {tokenizer} or set tokenizer: {made_with}")
     window = context_length + 1
     for split, tokens in (("training", opened.train), ("validation", opened.val)):
         if tokens.numel() < window:
@@ -153,8 +154,9 @@ def _load_shards(cfg: DataConfig, tokenizer: str, context_length: int) -> Splits
     return Splits(train=opened.train, val=opened.val, source=folder)
 
 
-def hf_source(cfg: DataConfig):
-    """(HFSource, PrepareSettings) of a `data.hf` section: what the cache folder is keyed by."""
+def hf_source(cfg: DataConfig, tokenizer: str):
+    """(HFSource, PrepareSettings) of a `data.hf` section tokenized with `tokenizer`: what the cache folder
+    is keyed by."""
     from training.data.prepare import PrepareSettings
     from training.data.sources import HFSource
 
@@ -162,7 +164,7 @@ def hf_source(cfg: DataConfig):
     source = HFSource(hf.name, hf.config, hf.split, tuple(hf.data_files) if hf.data_files else None,
                       label="data.hf")
     settings = PrepareSettings(text_field=hf.text_field, max_tokens=hf.max_tokens, val_tokens=hf.val_tokens,
-                               shard_tokens=hf.shard_tokens)
+                               shard_tokens=hf.shard_tokens, tokenizer=tokenizer)
     return source, settings
 
 
@@ -215,12 +217,23 @@ def rank_micro_batches(rank: int, world_size: int, grad_accum_steps: int) -> ran
     return range(rank * local, (rank + 1) * local)
 
 
-def val_windows(val: Tokens, context_length: int, eval_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fixed validation set: consecutive non-overlapping windows, at most `eval_tokens` targets."""
+def val_windows(val: Tokens, context_length: int, eval_tokens: int,
+                placement: str = "first") -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed validation set: non-overlapping windows of `context_length` targets, at most `eval_tokens`
+    targets in all (at least one window), the same for every arm and every evaluation.
+
+    `placement` "first": consecutive windows from the start of the validation split (its first documents);
+    "spread": the same number of windows at evenly spaced offsets from the first token to the last, so they
+    sample the whole split (the first starts at 0, the last ends at its last token)."""
     T = context_length
     n = min((val.numel() - 1) // T, max(1, -(-eval_tokens // T)))
-    rows = val[: n * T + 1] if isinstance(val, torch.Tensor) else torch.from_numpy(val.read(0, n * T + 1))
-    x = rows[:-1].view(n, T)
-    y = rows[1:].view(n, T)
-    return x, y
-
+    if placement == "first":
+        rows = val[: n * T + 1] if isinstance(val, torch.Tensor) else torch.from_numpy(val.read(0, n * T + 1))
+        return rows[:-1].view(n, T), rows[1:].view(n, T)
+    last = val.numel() - (T + 1)  # the last start at which a window and its shifted targets fit
+    starts = torch.arange(n, dtype=torch.long) * last // max(n - 1, 1)  # spaced >= T apart since n*T <= numel-1
+    if isinstance(val, torch.Tensor):
+        rows = val[starts[:, None] + torch.arange(T + 1)]
+    else:
+        rows = torch.from_numpy(val.gather(starts.numpy(), T + 1))
+    return rows[:, :-1], rows[:, 1:]

@@ -1,6 +1,6 @@
-"""Two small local lm-eval tasks built from The Verdict: a smoke test, not a benchmark.
+"""Three small local lm-eval tasks built from The Verdict: a smoke test, not a benchmark.
 
-lm-eval's standard tasks read their data from the Hugging Face Hub. These two read JSONL files shipped
+lm-eval's standard tasks read their data from the Hugging Face Hub. These read JSONL files shipped
 in this folder, so an evaluation runs offline (tests, CI, a machine without internet):
 
 * ``verdict_lambada``: LAMBADA-style last-word prediction. Each document is a stretch of text that
@@ -11,19 +11,24 @@ in this folder, so an evaluation runs offline (tests, CI, a machine without inte
   seed); ``acc`` counts the documents where the model gives the written order the higher
   log-likelihood (``acc_norm`` per byte).
 
-Both are drawn from ``verdict_heldout.txt``: the end of Edith Wharton's *The Verdict* (1908, public
+* ``verdict_ppl``: the held-out text as one document, scored like wikitext
+  (``loglikelihood_rolling``): ``word_perplexity``, ``byte_perplexity`` and ``bits_per_byte``, which do not
+  depend on the tokenizer, so GPT-2 and byte-level models are compared on one scale (for a byte-level model
+  ``bits_per_byte`` is its mean loss on the text, in bits).
+
+All three are drawn from ``verdict_heldout.txt``: the end of Edith Wharton's *The Verdict* (1908, public
 domain) from the first paragraph after the last 10% of its GPT-2 tokens, i.e. text inside the demo's
 validation split (``data.val_fraction: 0.1``), never trained on by the demo. About 1,800 characters:
-tens of documents per task, so an accuracy here moves in steps of a few percent. Use the real tasks
+tens of documents per accuracy task, so an accuracy here moves in steps of a few percent. Use the real tasks
 (README, "Downstream accuracy") for results.
 
     python -m training.eval_tasks [--source the-verdict.txt]
 
 rebuilds the JSONL files from ``verdict_heldout.txt`` (and, with ``--source``, first extracts that
 file from the full text); the result is byte-identical to the shipped files (tests check it).
-The task YAMLs (``verdict_lambada.yaml``, ``verdict_choice.yaml``, tag ``datgpt_local``) load the JSONL
-through ``verdict_tasks.py``; :data:`TASKS_DIR` is what lm-eval's ``TaskManager(include_path=...)``
-is given.
+The task YAMLs (``verdict_lambada.yaml``, ``verdict_choice.yaml``, ``verdict_ppl.yaml``, tag
+``datgpt_local``) load the JSONL through ``verdict_tasks.py``; :data:`TASKS_DIR` is what lm-eval's
+``TaskManager(include_path=...)`` is given.
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ TASKS_DIR = Path(__file__).resolve().parent
 HELDOUT_FILE = TASKS_DIR / "verdict_heldout.txt"
 LAMBADA_FILE = TASKS_DIR / "verdict_lambada.jsonl"
 CHOICE_FILE = TASKS_DIR / "verdict_choice.jsonl"
-LOCAL_TASKS = ("verdict_lambada", "verdict_choice")  # the task names the YAMLs define
+PPL_FILE = TASKS_DIR / "verdict_ppl.jsonl"
+LOCAL_TASKS = ("verdict_lambada", "verdict_choice", "verdict_ppl")  # the task names the YAMLs define
 LOCAL_TAG = "datgpt_local"  # both at once: --tasks datgpt_local
 
 VAL_FRACTION = 0.1  # the demo's data.val_fraction: the held-out text is its validation split
@@ -119,7 +125,8 @@ def to_jsonl(docs: list[dict]) -> str:
 
 def build(heldout: str) -> dict[Path, str]:
     """The JSONL files' contents built from the held-out text."""
-    return {LAMBADA_FILE: to_jsonl(lambada_docs(heldout)), CHOICE_FILE: to_jsonl(choice_docs(heldout))}
+    return {LAMBADA_FILE: to_jsonl(lambada_docs(heldout)), CHOICE_FILE: to_jsonl(choice_docs(heldout)),
+            PPL_FILE: to_jsonl([{"text": heldout.strip()}])}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,3 +28,8 @@ def load_lambada(**_kwargs):
 def load_choice(**_kwargs):
     """``verdict_choice.jsonl`` as the ``test`` split (fields ``context``, ``choices``, ``label``)."""
     return _load("verdict_choice.jsonl")
+
+
+def load_ppl(**_kwargs):
+    """``verdict_ppl.jsonl`` as the ``test`` split (field ``text``)."""
+    return _load("verdict_ppl.jsonl")
