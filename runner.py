@@ -23,15 +23,18 @@ if str(PROJECT_DIR) not in sys.path:  # `python /elsewhere/runner.py` and torchr
 from analysis.errors import EXIT_BAD_INPUT, OneLineParser  # noqa: E402 (after the path is set)
 
 
-def _csv(kind):
+def _csv(kind, what: str):
     def parse(text: str):
-        items = [s.strip() for s in text.split(",") if s.strip()]
-        if not items:
+        items = [s.strip() for s in text.split(",")]
+        if not any(items):
             raise argparse.ArgumentTypeError("expected a comma-separated list")
+        if not all(items):  # "0,,1" is a typo, not the seeds 0 and 1
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what} with nothing empty between the "
+                                             f"commas, got {text!r}")
         try:
             return [kind(s) for s in items]
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}")
     return parse
 
 
@@ -52,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("experiment", help="experiment YAML, e.g. experiments/verdict_vs_baseline.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override a config key, e.g. --set train.tokens=1e6 --set arms.ngpt.optim.lr=3e-3")
-    parser.add_argument("--arms", type=_csv(str), help="train only these arms, e.g. gpt,ngpt")
-    parser.add_argument("--seeds", type=_csv(int), help="seeds to run instead of the YAML's, e.g. 0,1,2")
+    parser.add_argument("--arms", type=_csv(str, "arm names"), help="train only these arms, e.g. gpt,ngpt")
+    parser.add_argument("--seeds", type=_csv(int, "ints"), help="seeds to run instead of the YAML's, e.g. 0,1,2")
     parser.add_argument("--nproc-per-node", type=_positive_int,
                         help="relaunch under torchrun with this many processes on this machine")
     parser.add_argument("--dry-run", action="store_true",

@@ -367,6 +367,10 @@ def test_bad_input_exits_2_with_one_line(tmp_path, monkeypatch, capsys, args, me
 
 @pytest.mark.parametrize("args,message", [
     (["--seeds", "x"], "error: argument --seeds: expected comma-separated ints, got 'x' (see runner.py --help)"),
+    (["--seeds", "0,,1"], "error: argument --seeds: expected comma-separated ints with nothing empty between the "
+                          "commas, got '0,,1' (see runner.py --help)"),
+    (["--seeds", "0,1,"], "error: argument --seeds: expected comma-separated ints with nothing empty"),
+    (["--arms", ",gpt"], "error: argument --arms: expected comma-separated arm names with nothing empty"),
     (["--nproc-per-node", "0"], "error: argument --nproc-per-node: expected a positive integer, got '0'"),
     (["--bogus"], "error: unrecognized arguments: --bogus (see runner.py --help)"),
 ])
