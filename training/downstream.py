@@ -10,8 +10,9 @@ Tasks are looked up by lm-eval's `TaskManager` with this project's local tasks a
 task definitions are not indexed (that takes seconds). Before anything is evaluated,
 :func:`check_tasks` loads each task's data once: an unknown task, or a task whose data is on the
 Hugging Face Hub while the Hub cannot be reached, is one line (:class:`EvalSetupError`) naming the
-task (:func:`check_task_names` catches most unknown names first, without lm-eval's task index). `HF_DATASETS_OFFLINE=1` (or `HF_HUB_OFFLINE=1`) skips the network check and uses the copy in
-the Hugging Face cache, if there is one.
+task (:func:`check_task_names` catches most unknown names first, without lm-eval's task index).
+`HF_DATASETS_OFFLINE=1` (or `HF_HUB_OFFLINE=1`) skips the network check and uses the copy in the
+Hugging Face cache, if there is one.
 
 An evaluation leaves the global random state (Python, NumPy, torch) as it found it: lm-eval seeds
 all three, and a training run must not depend on whether it was evaluated.
