@@ -23,15 +23,18 @@ if str(PROJECT_DIR) not in sys.path:  # `python /elsewhere/runner.py` and torchr
 from analysis.errors import EXIT_BAD_INPUT, OneLineParser  # noqa: E402 (after the path is set)
 
 
-def _csv(kind):
+def _csv(kind, what: str):
     def parse(text: str):
-        items = [s.strip() for s in text.split(",") if s.strip()]
-        if not items:
+        items = [s.strip() for s in text.split(",")]
+        if not any(items):
             raise argparse.ArgumentTypeError("expected a comma-separated list")
+        if not all(items):  # "0,,1" is a typo, not the seeds 0 and 1
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what} with nothing empty between the "
+                                             f"commas, got {text!r}")
         try:
             return [kind(s) for s in items]
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}")
     return parse
 
 
@@ -52,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("experiment", help="experiment YAML, e.g. experiments/verdict_vs_baseline.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override a config key, e.g. --set train.tokens=1e6 --set arms.ngpt.optim.lr=3e-3")
-    parser.add_argument("--arms", type=_csv(str), help="train only these arms, e.g. gpt,ngpt")
-    parser.add_argument("--seeds", type=_csv(int), help="seeds to run instead of the YAML's, e.g. 0,1,2")
+    parser.add_argument("--arms", type=_csv(str, "arm names"), help="train only these arms, e.g. gpt,ngpt")
+    parser.add_argument("--seeds", type=_csv(int, "ints"), help="seeds to run instead of the YAML's, e.g. 0,1,2")
     parser.add_argument("--nproc-per-node", type=_positive_int,
                         help="relaunch under torchrun with this many processes on this machine")
     parser.add_argument("--dry-run", action="store_true",
@@ -113,6 +116,7 @@ def dry_run(cfg, splits, runtimes: dict, world_size: int = 1) -> None:
 
     from models import build_model
     from training.config import TOKENIZER_VOCAB, local_accum_steps
+    from training.runtime import precision_and_compile
     from training.tracking import tracking_uri
 
     print(f"experiment {cfg.name!r} from {cfg.source}: seeds {cfg.seeds}, targets {cfg.targets}")
@@ -163,12 +167,28 @@ def dry_run(cfg, splits, runtimes: dict, world_size: int = 1) -> None:
         pad = arm.model.vocab_size - n_ids
         print(f"vocabulary: {arm.model.vocab_size:,} embedding rows = {n_ids:,} {cfg.tokenizer} ids"
               f"{f' + {pad:,} rows of padding (never a target, never sampled)' if pad else ''}")
-        print(f"tokens per step: {arm.tokens_per_step():,}; steps: {arm.steps():,}; "
-              f"tokens trained: {arm.steps() * arm.tokens_per_step():,}")
-        print(f"runtime: {rt.device.type}, {rt.precision}, compile {'on' if rt.compile else 'off'}; "
+        trained = arm.steps() * arm.tokens_per_step()
+        passes = "" if splits is None else f" ({passes_over(trained, splits.train.numel())})"
+        print(f"tokens per step: {arm.tokens_per_step():,}; steps: {arm.steps():,}; tokens trained: {trained:,}"
+              f"{passes}")
+        on_cuda = ""
+        if rt.device.type != "cuda" and arm.train.device == "auto":  # what the same YAML does on a GPU machine
+            precision, compile_ = precision_and_compile(arm, "cuda")
+            on_cuda = f" (on a CUDA machine: cuda, {precision}, compile {'on' if compile_ else 'off'})"
+        print(f"runtime: {rt.device.type}, {rt.precision}, compile {'on' if rt.compile else 'off'}{on_cuda}; "
               f"{local} micro-batch{'es' if local > 1 else ''} of {arm.train.micro_batch_size} per process and step")
     if cfg.sweep.active:
         print_sweep_plan(cfg)
+
+
+def passes_over(tokens: int, train_tokens: int) -> str:
+    """How many times `tokens` of training windows cover the training split, said for a reader: windows are
+    drawn at random positions, so this is an average, not a count of epochs run in order."""
+    passes = tokens / train_tokens
+    what = f"the {train_tokens:,} training tokens"
+    if passes < 0.995:
+        return f"{passes:.1%} of one pass over {what}" if passes >= 0.001 else f"under 0.1% of one pass over {what}"
+    return f"about {passes:,.{0 if passes >= 9.95 else 1}f} passes over {what}"
 
 
 def print_sweep_plan(cfg) -> None:

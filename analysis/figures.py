@@ -8,14 +8,16 @@ they stay readable in black and white. The baseline arm is always black and soli
 Figures (``<sfx>`` is ``_ctx<L>`` when the experiment spans several context lengths, else empty):
 
 * ``val_loss_vs_tokens<sfx>``: validation loss vs tokens, mean over seeds, band = min..max over
-  seeds, dotted target lines (each arm's largest-budget runs);
+  seeds, dotted target lines (each arm's largest-budget runs); a marker at every evaluation (one in k
+  beyond 41 evaluations, as the caption says);
 * ``val_loss_vs_time<sfx>``: the same against training wall-clock seconds;
 * ``tokens_to_target<sfx>``: tokens to each target per arm (error bars +-1 s.d. over seeds) and
   speedup vs the baseline per target (error bars = bootstrap CI);
 * ``final_loss_vs_budget<sfx>``: budget mode only: final validation loss vs token budget (log x),
   error bars = min..max over seeds, ``|`` marks = interpolated tokens to target;
 * ``speedup_vs_context_length``: only when several context lengths were run;
-* ``train_loss_lr_vs_tokens<sfx>``: training loss (moving average when dense) and learning rate.
+* ``train_loss_lr_vs_tokens<sfx>``: training loss (moving average when dense) and learning rate, mean over
+  seeds (the caption says how many), no band.
 
 The two figures of the answer itself, ``tokens_to_target`` and ``speedup_vs_context_length``, are drawn from
 the summary table in :mod:`analysis.answer_figures`; the curves here, and :func:`make_figures` writes all.
@@ -72,6 +74,26 @@ def _n_seeds(runs: pd.DataFrame, arm: str) -> int:
     return int(runs.loc[runs["arm"] == arm, "run_id"].nunique())
 
 
+#: a validation curve marks every evaluation up to this many points, else one evaluation in k
+_MAX_MARKERS = 41
+
+
+def _evaluation_markers(n_points: int) -> int:
+    """Mark every k-th point of a validation curve (its points are evaluations): k = 1 for up to
+    `_MAX_MARKERS` evaluations, so the markers show where the loss was measured."""
+    return max(1, -(-n_points // _MAX_MARKERS))
+
+
+def _seeds_note(counts: dict[str, int]) -> str:
+    """How many seeds each arm's lines average, said once for the figure."""
+    values = set(counts.values())
+    if values == {1}:
+        return "One seed per arm (n = 1)"
+    if len(values) == 1:
+        return f"Mean over {values.pop()} seeds per arm"
+    return "Mean over seeds (" + ", ".join(f"{arm}: n = {n}" for arm, n in counts.items()) + ")"
+
+
 # --------------------------------------------------------------------------------------------------
 # figure builders (each returns a Figure or raises NotApplicable)
 # --------------------------------------------------------------------------------------------------
@@ -88,13 +110,13 @@ def fig_val_loss(frame: pd.DataFrame, targets: Sequence[float], styles: dict[str
     fig = Figure(figsize=(5.0, 3.3))
     ax = fig.subplots()
     any_band = False
-    for i, arm in enumerate(ordered_arms(band["arm"].unique(), styles)):
+    every = _evaluation_markers(int(band.groupby("arm").size().max()))
+    for arm in ordered_arms(band["arm"].unique(), styles):
         b = band[band["arm"] == arm]
         n = _n_seeds(runs, arm)
         label = arm if n <= 1 else f"{arm} (mean of {n} seeds)"
-        xs, ys, lo, hi = thin(b["x"].to_numpy(), b["mean"].to_numpy(), b["min"].to_numpy(),
-                               b["max"].to_numpy())
-        ax.plot(xs, ys, label=label, markevery=markevery(i), **styles[arm].line_kwargs())
+        xs, ys, lo, hi = (b[c].to_numpy() for c in ("x", "mean", "min", "max"))  # every evaluation, unthinned
+        ax.plot(xs, ys, label=label, markevery=every, **styles[arm].line_kwargs())
         if n > 1:
             any_band = True
             ax.fill_between(xs, lo, hi, color=styles[arm].color, alpha=0.15, linewidth=0)
@@ -112,8 +134,11 @@ def fig_val_loss(frame: pd.DataFrame, targets: Sequence[float], styles: dict[str
         handles.append(Patch(facecolor="0.5", alpha=0.3, linewidth=0))
         labels.append("band: min..max over seeds")
     ax.legend(handles, labels, loc="upper right")
-    if not any_band:
-        caption(fig, "One seed per arm (n = 1): no band.")
+    per_run = runs.dropna(subset=[x]).groupby(["arm", "run_id"]).size().groupby("arm").max()
+    shared = bool((band.groupby("arm").size() <= per_run.reindex(band["arm"].unique())).all())
+    which = "the evaluations" if shared else "the evaluations of every seed (the mean is interpolated between them)"
+    marks = f"Markers: {which}." if every == 1 else f"Markers: one in {every} of {which}."
+    caption(fig, marks if any_band else f"One seed per arm (n = 1): no band. {marks}")
     return fig
 
 
@@ -174,6 +199,8 @@ def fig_train_loss_lr(frame: pd.DataFrame, styles: dict[str, ArmStyle]) -> Figur
         raise NotApplicable("no train/loss or lr metric with tokens")
     fig = Figure(figsize=(5.0, 2.1 * len(panels) + 0.5))
     axes = np.atleast_1d(fig.subplots(len(panels), 1, sharex=True, squeeze=False)).ravel()
+    arms = ordered_arms(runs["arm"].unique(), styles)
+    seeds = {arm: _n_seeds(runs, arm) for arm in arms}
     for ax, (name, d) in zip(axes, panels):
         window = 1
         for i, arm in enumerate(ordered_arms(d["arm"].unique(), styles)):
@@ -183,7 +210,8 @@ def fig_train_loss_lr(frame: pd.DataFrame, styles: dict[str, ArmStyle]) -> Figur
                 window = max(window, len(b) // 100)
                 y = y.rolling(len(b) // 100, center=True, min_periods=1).mean()
             xs, ys = thin(b["x"].to_numpy(), y.to_numpy())
-            ax.plot(xs, ys, label=arm, markevery=markevery(i), **styles[arm].line_kwargs())
+            label = arm if seeds[arm] <= 1 else f"{arm} (mean of {seeds[arm]} seeds)"
+            ax.plot(xs, ys, label=label, markevery=markevery(i), **styles[arm].line_kwargs())
         if name == record.TRAIN_LOSS:
             ax.set_ylabel("training loss (nats/token)")
             if window > 1:
@@ -200,6 +228,7 @@ def fig_train_loss_lr(frame: pd.DataFrame, styles: dict[str, ArmStyle]) -> Figur
                 ax.legend(loc="best")
     axes[-1].set_xlabel(TOKENS_LABEL)
     tokens_axis(axes[-1].xaxis)
+    caption(fig, f"{_seeds_note(seeds)}: no band.\nLines: the logged steps; markers only tell the arms apart.")
     return fig
 
 

@@ -4,8 +4,9 @@
 #   experiments/run_cpu_context_series.sh           # from anywhere; runs in the checkout's root
 #   MLFLOW_TRACKING_URI=sqlite:////tmp/x.db experiments/run_cpu_context_series.sh   # another store
 #
-# 1. prepares shards/fineweb_legal from ../shared/data/fineweb/fineweb_legal_batches if it is not there
-#    (deterministic, ~5 s; a finished folder is left as it is, an interrupted one continues);
+# 1. prepares shards/fineweb_legal with experiments/prepare_fineweb_legal.sh: from a local copy of the parquet
+#    files in $DATGPT_DATA_DIR/fineweb/fineweb_legal_batches/ if there is one, else downloaded through `datasets`
+#    (deterministic, ~5 s; the shards' SHA-256 is checked; a finished folder is left as it is);
 # 2. runs experiments/cpu_context_64.yaml, _256.yaml, _1024.yaml in this order into ONE MLflow store
 #    (default sqlite:///mlflow.db in the checkout, git-ignored) and one MLflow experiment,
 #    cpu_context_series; each YAML has its own checkpoint.dir (checkpoints/cpu_context_<L>, git-ignored);
@@ -24,21 +25,20 @@
 # analysis uses every invocation's runs (the baseline stays gpt). The figures are drawn after each pass,
 # so stopping during the second pass leaves a complete GPT-vs-nGPT family. PASSES="default" skips it.
 #
-# Environment: DATGPT_FINEWEB_LEGAL (the parquet folder), CONTEXTS (default "64 256 1024"), PASSES
+# Environment: DATGPT_DATA_DIR (where the local copy is looked for), CONTEXTS (default "64 256 1024"), PASSES
 # (default "default gpt_qk"; a pass other than "default" is an --arms list), RUNNER_ARGS (extra runner
 # arguments), NICE (niceness, default 0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export MLFLOW_TRACKING_URI="${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}"
-SRC="${DATGPT_FINEWEB_LEGAL:-../shared/data/fineweb/fineweb_legal_batches}"
 CONTEXTS="${CONTEXTS:-64 256 1024}"
 NICE="${NICE:-0}"
 log() { echo "[$(date -u +%FT%TZ)] $*"; }
 
 log "tracking store: $MLFLOW_TRACKING_URI; python $(python -c 'import sys; print(sys.version.split()[0])'), torch $(python -c 'import torch; print(torch.__version__)'); $(nproc) cores; load: $(cut -d' ' -f1-3 /proc/loadavg)"
-log "shards: python -m training.data prepare $SRC --out shards/fineweb_legal --val-tokens 2e5"
-python -m training.data prepare "$SRC" --out shards/fineweb_legal --val-tokens 2e5 --no-progress
+log "shards: experiments/prepare_fineweb_legal.sh"
+experiments/prepare_fineweb_legal.sh
 
 for pass in ${PASSES:-default gpt_qk}; do
     for L in $CONTEXTS; do

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,8 @@ from training.data import corpus as data_mod
 from training.data import DataError
 from training.data.corpus import TrainBatches, load_splits, resolve_corpus, val_windows
 from training.data.tokenizer import encode, get_encoding
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_gpt2_tokenizer_offline(data_dir):
@@ -24,12 +27,49 @@ def test_gpt2_tokenizer_offline(data_dir):
 
 def test_corpus_lookup_order(data_dir, tmp_path, monkeypatch):
     assert resolve_corpus(DataConfig(dataset="verdict")) == data_dir / "the-verdict.txt"
-    assert resolve_corpus(DataConfig(dataset="tinyshakespeare")) == data_dir / "tinyshakespeare" / "input.txt"
+    shakespeare = data_dir / "tinyshakespeare" / "input.txt"  # a prefix of the corpus: only as data.path
+    assert resolve_corpus(DataConfig(dataset="verdict", path=str(shakespeare))) == shakespeare
     own = tmp_path / "own.txt"
     own.write_text("a local corpus")
     assert resolve_corpus(DataConfig(path=str(own))) == own  # data.path wins
     with pytest.raises(DataError, match="data.path: no such file"):
         resolve_corpus(DataConfig(path=str(tmp_path / "missing.txt")))
+
+
+@pytest.mark.parametrize("name, change", [
+    ("verdict", lambda b: b.replace(b"\n", b"\r\n")),  # a CRLF copy: 515 validation tokens instead of 514
+    ("verdict", lambda b: b[:-1]),
+    ("tinyshakespeare", lambda b: b),  # tests/fixtures holds only the first 998 lines
+])
+def test_a_local_copy_of_a_builtin_corpus_must_match_its_sha256(name, change, data_dir, tmp_path, monkeypatch):
+    corpus = data_mod.BUILTIN_CORPORA[name]
+    copy = tmp_path / corpus.filename
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    copy.write_bytes(change((data_dir / corpus.filename).read_bytes()))
+    got = hashlib.sha256(copy.read_bytes()).hexdigest()
+    monkeypatch.setenv("DATGPT_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr(data_mod.urllib.request, "urlopen", lambda *a, **k: pytest.fail("must not download"))
+    with pytest.raises(DataError) as err:
+        resolve_corpus(DataConfig(dataset=name))
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"data.dataset: {copy} is not the {name!r} corpus")
+    assert f"SHA-256 {got}, expected {corpus.sha256}" in message and "data.path" in message
+    assert copy.read_bytes() == change((data_dir / corpus.filename).read_bytes())  # left as it was
+    # the documented way to train on a modified copy on purpose
+    assert resolve_corpus(DataConfig(dataset=name, path=str(copy))) == copy
+
+
+def test_runner_refuses_a_changed_local_corpus_in_one_line(data_dir, tmp_path, monkeypatch, capsys):
+    import runner
+
+    (tmp_path / "the-verdict.txt").write_bytes((data_dir / "the-verdict.txt").read_bytes().replace(b"\n", b"\r\n"))
+    monkeypatch.setenv("DATGPT_DATA_DIR", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert runner.main([str(ROOT / "experiments" / "verdict_vs_baseline.yaml"), "--dry-run"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith(f"error: data.dataset: {tmp_path / 'the-verdict.txt'} is not the 'verdict' corpus")
+    assert "expected b41e41a68f0398a3154ae69e2e4c0e2694e17fe0d66730536837f1b01935b31f" in err
 
 
 def test_missing_corpus_download_failure_is_clear(tmp_path, monkeypatch):

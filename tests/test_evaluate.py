@@ -384,6 +384,31 @@ def test_evaluate_command_bad_input_is_one_line(checkpoint, capsys, args, messag
     assert code == 2 and err.startswith(message) and err.count("\n") == 1, err
 
 
+@pytest.mark.parametrize("tasks, hint", [("verdict_lambda", " (did you mean verdict_lambada?)"),
+                                         ("datgpt_locl", " (did you mean datgpt_local?)"),
+                                         ("datgpt_local,no_such_task_xyz", "")])
+def test_an_unknown_task_is_named_before_any_loading(checkpoint, capsys, monkeypatch, tasks, hint):
+    """One line naming the local tasks and their tag, without indexing lm-eval's ~14,000 task files (a
+    TaskManager: seconds) and without loading the model."""
+    from training import downstream, evaluate
+
+    monkeypatch.setattr(downstream, "task_manager", lambda names: pytest.fail("indexed lm-eval's tasks"))
+    monkeypatch.setattr(evaluate, "_load", lambda args: pytest.fail("loaded the model first"))
+    assert evaluate.main(["--checkpoint", str(checkpoint), "--tasks", tasks]) == 2
+    err = capsys.readouterr().err
+    name = tasks.split(",")[-1]
+    assert err == (f"error: --tasks: unknown lm-eval task {name!r}{hint}; the local tasks (no network) are "
+                   f"verdict_lambada and verdict_choice, or both as the tag datgpt_local\n")
+
+
+def test_a_task_name_found_in_lm_evals_files_is_left_to_its_task_manager(monkeypatch):
+    from training import downstream
+
+    downstream.check_task_names(["arc_easy", "hellaswag", "datgpt_local"])  # real names: no error, no index
+    with pytest.raises(downstream.EvalSetupError, match="unknown lm-eval task 'arc_eas'.*did you mean arc_easy"):
+        downstream.check_task_names(["arc_eas"])
+
+
 def test_evaluate_command_missing_checkpoint(checkpoint, capsys):
     from training.evaluate import main
 

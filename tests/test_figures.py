@@ -183,3 +183,57 @@ def test_final_loss_vs_budget_bars_only_with_several_seeds(seeds):
     else:
         assert len(bars) == 2 and legend == ["gpt (n = 2 seeds)", "ngpt (n = 2 seeds)"]
         assert "bars = min..max over seeds" in notes(fig)
+
+
+def curves_frame(n_seeds: int, n_evals: int, steps_per_eval: int = 4) -> pd.DataFrame:
+    """Validation loss at `n_evals` evaluations and train loss and lr at every step, per arm and seed; each
+    seed's seconds differ (another speed), as on a real machine."""
+    rows = []
+    for arm, drop in (("gpt", 1.0), ("ngpt", 1.3)):
+        for seed in range(n_seeds):
+            run = f"{arm}-{seed}"
+            for step in range((n_evals - 1) * steps_per_eval + 1):
+                tokens = 256.0 * step
+                common = dict(run_id=run, arm=arm, seed=seed, budget=1e6, context_length=64, step=step,
+                              tokens=tokens, elapsed_s=tokens * (0.01 + 0.001 * seed))
+                rows.append({**common, "metric": "train/loss", "value": 10 - drop * np.log1p(step) + 0.01 * seed})
+                rows.append({**common, "metric": "lr", "value": 1e-3})
+                if step % steps_per_eval == 0:
+                    rows.append({**common, "metric": "val/loss", "value": 10 - drop * np.log1p(step) + 0.02 * seed})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("n_seeds, n_evals, x, every, says", [
+    (1, 21, "tokens", 1, "One seed per arm (n = 1): no band. Markers: the evaluations."),
+    (3, 21, "tokens", 1, "Markers: the evaluations."),
+    (3, 21, "elapsed_s", 2,  # 61 points: the union of the seeds' evaluation times
+     "Markers: one in 2 of the evaluations of every seed (the mean is interpolated between them)."),
+    (1, 101, "tokens", 3, "One seed per arm (n = 1): no band. Markers: one in 3 of the evaluations."),
+])
+def test_validation_curves_mark_the_evaluations(n_seeds, n_evals, x, every, says):
+    from analysis.figures import fig_val_loss
+
+    frame = curves_frame(n_seeds, n_evals)
+    with style_context():
+        fig = drawn(fig_val_loss(frame, [5.0], arm_styles(["gpt", "ngpt"], "gpt"), x=x))
+    assert notes(fig) == says
+    evaluations = np.sort(frame.loc[(frame["metric"] == "val/loss") & (frame["run_id"] == "gpt-0"), x].to_numpy())
+    for line in [ln for ln in fig.axes[0].get_lines() if ln.get_marker() not in (None, "None", "")]:
+        xs = line.get_xdata()
+        marked = np.asarray(xs)[::line.get_markevery()]
+        assert line.get_markevery() == every
+        if x == "tokens":  # the markers sit on evaluations: every one of them, or one in `every`
+            assert np.array_equal(marked, evaluations[::every])
+
+
+@pytest.mark.parametrize("n_seeds, legend, says", [
+    (1, ["gpt", "ngpt"], "One seed per arm (n = 1): no band."),
+    (3, ["gpt (mean of 3 seeds)", "ngpt (mean of 3 seeds)"], "Mean over 3 seeds per arm: no band."),
+])
+def test_training_loss_figure_says_how_many_seeds_and_what_its_markers_are(n_seeds, legend, says):
+    from analysis.figures import fig_train_loss_lr
+
+    with style_context():
+        fig = drawn(fig_train_loss_lr(curves_frame(n_seeds, 6), arm_styles(["gpt", "ngpt"], "gpt")))
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == legend
+    assert notes(fig) == f"{says}\nLines: the logged steps; markers only tell the arms apart."

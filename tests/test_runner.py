@@ -304,7 +304,8 @@ def test_dry_run_trains_nothing(tmp_path, data_dir):
     assert "== arm gpt ==" in out and "== arm ngpt ==" in out
     assert "tokens per step: 256; steps: 16" in out and "parameters:" in out and "FLOPs/token" in out
     assert f"MLflow: tracking URI {uri} (from MLFLOW_TRACKING_URI), experiment 'tiny_e2e'" in out
-    assert out.count("runtime: cpu, fp32, compile off; 2 micro-batches of 4 per process and step") == 2
+    assert out.count("runtime: cpu, fp32, compile off (on a CUDA machine: cuda, bf16, compile on); 2 micro-batches "
+                     "of 4 per process and step") == 2
     # only the keys whose values differ, one column per arm; not each arm's whole config
     lines = out.splitlines()
     table = lines[lines.index("what differs between the arms (4 keys; the rest is the same):") + 1:][:5]
@@ -313,6 +314,32 @@ def test_dry_run_trains_nothing(tmp_path, data_dir):
         ["optim.weight_decay", "0.1", "0.0"], ["optim.warmup_tokens", "256", "0"]]
     assert "n_layers" not in out and "eval_tokens" not in out and len(lines) < 30
     assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("args, trained, runtime", [
+    ([], "tokens trained: 1,998,848 (about 432 passes over the 4,631 training tokens)",
+     "runtime: cpu, fp32, compile off (on a CUDA machine: cuda, bf16, compile on); 8 micro-batches of 4"),
+    (["--set", "train.tokens=16384", "--set", "optim.warmup_tokens=0", "--set", "train.device=cpu",
+      "--set", "train.compile=on"],
+     "tokens trained: 16,384 (about 3.5 passes over the 4,631 training tokens)", "runtime: cpu, fp32, compile on; 8"),
+    (["--set", "data.path=tests/fixtures/tinyshakespeare/input.txt", "--set", "train.precision=fp32"],
+     "tokens trained: 1,998,848 (about 280 passes over the 7,147 training tokens)",
+     "runtime: cpu, fp32, compile off (on a CUDA machine: cuda, fp32, compile on); 8"),
+    (["--set", "train.tokens=2048", "--set", "optim.warmup_tokens=0", "--set", "model.context_length=64"],
+     "tokens trained: 2,048 (44.2% of one pass over the 4,631 training tokens)", None),
+])
+def test_dry_run_shows_the_cuda_plan_and_the_passes_over_the_data(monkeypatch, capsys, args, trained, runtime):
+    """On a CPU, the dry run of the GPU YAML says what `auto` becomes on a CUDA machine, and how many times the
+    budget covers the training split."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.chdir(ROOT)
+    assert runner.main(["experiments/datgpt15_verdict.yaml", "--dry-run", *args]) == 0
+    out = capsys.readouterr().out
+    assert out.count(trained) == 2, out
+    if runtime:
+        assert out.count(runtime) == 2, out
 
 
 def test_dry_run_checks_what_the_run_checks(tmp_path, data_dir):
@@ -367,6 +394,10 @@ def test_bad_input_exits_2_with_one_line(tmp_path, monkeypatch, capsys, args, me
 
 @pytest.mark.parametrize("args,message", [
     (["--seeds", "x"], "error: argument --seeds: expected comma-separated ints, got 'x' (see runner.py --help)"),
+    (["--seeds", "0,,1"], "error: argument --seeds: expected comma-separated ints with nothing empty between the "
+                          "commas, got '0,,1' (see runner.py --help)"),
+    (["--seeds", "0,1,"], "error: argument --seeds: expected comma-separated ints with nothing empty"),
+    (["--arms", ",gpt"], "error: argument --arms: expected comma-separated arm names with nothing empty"),
     (["--nproc-per-node", "0"], "error: argument --nproc-per-node: expected a positive integer, got '0'"),
     (["--bogus"], "error: unrecognized arguments: --bogus (see runner.py --help)"),
 ])

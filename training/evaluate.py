@@ -152,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.output is not None and args.output.is_dir():
             raise EvaluateError(f"--output: {args.output} is a folder; give a file name")
         require_lm_eval()
+        from training.downstream import check_task_names
+
+        check_task_names(tasks)  # an unknown name: one line before anything is loaded
         if args.run is not None:
             args.run = args.run.strip()
             _check_run(args.run)

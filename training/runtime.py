@@ -29,15 +29,22 @@ class Runtime:
         return contextlib.nullcontext()
 
 
+def precision_and_compile(arm: ArmConfig, device_type: str) -> tuple[str, bool]:
+    """What `train.precision` and `train.compile` (`auto` included) resolve to on `device_type` ("cpu" or
+    "cuda"): what a run does there, also what a dry run on a CPU shows for a CUDA machine."""
+    t = arm.train
+    precision = t.precision if t.precision != "auto" else ("bf16" if device_type == "cuda" else "fp32")
+    compile_ = (device_type == "cuda") if t.compile == "auto" else (t.compile == "on")
+    return precision, compile_
+
+
 def resolve_runtime(arm: ArmConfig, dist: DistInfo) -> Runtime:
     t = arm.train
     device_type = t.device if t.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if device_type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("train.device: cuda requested but torch sees no CUDA device")
     device = torch.device("cuda", dist.local_rank) if device_type == "cuda" else torch.device("cpu")
-    precision = t.precision if t.precision != "auto" else ("bf16" if device_type == "cuda" else "fp32")
-    compile_ = (device_type == "cuda") if t.compile == "auto" else (t.compile == "on")
-    return Runtime(device, precision, compile_)
+    return Runtime(device, *precision_and_compile(arm, device_type))
 
 
 def measure_peak_flops(device: torch.device, n: int = 8192, repeats: int = 20) -> float | None:

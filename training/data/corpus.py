@@ -1,8 +1,9 @@
 """Corpora, the fixed train/validation split, and deterministic batches shared by both arms.
 
-A corpus is found in this order: `data.path` in the YAML; the folder named by `DATGPT_DATA_DIR`
-(default `~/.cache/datgpt`, which is also the download cache); a download from the corpus's public
-source, verified by its SHA-256 and cached there; else a `DataError` saying where to put the file.
+A corpus is found in this order: `data.path` in the YAML (any file, used as it is); the folder named by
+`DATGPT_DATA_DIR` (default `~/.cache/datgpt`, which is also the download cache), where a built-in corpus must
+match its SHA-256; a download from the corpus's public source, verified by its SHA-256 and cached there; else
+a `DataError` saying where to put the file.
 
 Larger corpora are tokenized once into uint16 token shards (`python -m training.data prepare ...`,
 training/data/prepare.py) and memory-mapped: `data.shards` names a prepared folder, `data.hf` a Hugging Face
@@ -61,14 +62,36 @@ def download(corpus: BuiltinCorpus, dest: Path, timeout: float = 30.0) -> None:
                 digest.update(chunk)
         got = digest.hexdigest()
         if got != corpus.sha256:
-            raise DataError(f"{corpus.url}: checksum mismatch (got {got[:12]}..., expected "
-                            f"{corpus.sha256[:12]}...); not using the download")
+            raise DataError(f"{corpus.url}: checksum mismatch (SHA-256 {got}, expected {corpus.sha256}); "
+                            f"not using the download")
 
     atomic_write(dest, fetch)
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_local_copy(name: str, corpus: BuiltinCorpus, path: Path) -> None:
+    """A built-in corpus found in the data folder must be the published file, byte for byte: a changed copy
+    (CRLF line ends, an edit) would change every token count and loss without a word."""
+    try:
+        got = file_sha256(path)
+    except OSError as err:
+        raise DataError(f"data.dataset: cannot read {path} ({err.strerror or err})") from None
+    if got != corpus.sha256:
+        raise DataError(
+            f"data.dataset: {path} is not the {name!r} corpus (SHA-256 {got}, expected {corpus.sha256}); "
+            f"restore the original file, or set data.path to train on this copy on purpose")
+
+
 def resolve_corpus(cfg: DataConfig) -> Path:
-    """The local file holding the configured corpus, downloading a built-in one if needed."""
+    """The local file holding the configured corpus: `data.path` as it is, or a built-in corpus from the data
+    folder (checked against its SHA-256) or downloaded into it."""
     if cfg.path is not None:
         path = Path(cfg.path).expanduser()
         if not path.is_file():
@@ -77,6 +100,7 @@ def resolve_corpus(cfg: DataConfig) -> Path:
     corpus = BUILTIN_CORPORA[cfg.dataset]
     path = data_dir() / corpus.filename
     if path.is_file():
+        check_local_copy(cfg.dataset, corpus, path)
         return path
     try:
         download(corpus, path)
