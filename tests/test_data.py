@@ -128,7 +128,8 @@ def test_fixed_split_and_validation_windows(data_dir):
 def test_spread_validation_windows_cover_the_whole_split(data_dir, tmp_path):
     from training.data.shards import ShardedTokens
 
-    splits = load_splits(DataConfig(dataset="tinyshakespeare", val_fraction=0.1), "bytes", 64)
+    shakespeare = str(data_dir / "tinyshakespeare" / "input.txt")  # the fixture: its first 998 lines, read as a file
+    splits = load_splits(DataConfig(path=shakespeare, val_fraction=0.1), "bytes", 64)
     val = splits.val
     n_val = val.numel()
     assert n_val > 20 * 64
