@@ -2,7 +2,8 @@
 
 Both classes share one interface (see :class:`models.base.LanguageModel`): ``forward(idx,
 targets=None) -> (logits, loss)``, ``optimizer_groups(weight_decay)``, ``post_step()``,
-``num_params(exclude_embedding=False)``, ``flops_per_token(context_length=None)`` and
+``hidden_matrices()`` (what Muon trains; GPT only), ``num_params(exclude_embedding=False)``,
+``flops_per_token(context_length=None)`` and
 ``generate(idx, max_new_tokens, temperature, top_k, generator)`` (KV-cached decoding,
 :class:`models.generation.KVCache`).
 Models know nothing of YAML or MLflow; they are built from a :class:`ModelConfig`.

@@ -83,6 +83,13 @@ class LanguageModel(nn.Module):
     def post_step(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def hidden_matrices(self) -> list[tuple[str, nn.Parameter, int]]:
+        """The weight matrices of the hidden layers, what Muon trains: ``(name, parameter, parts)``, where a
+        parameter that stacks ``parts`` matrices by rows (a fused ``[W_q; W_k; W_v]``) is ``parts`` matrices
+        to Muon. Never the embeddings, the output head or a vector. Only models Muon is defined for have
+        them (GPT)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define its hidden matrices")
+
     @property
     def embeddings_tied(self) -> bool:
         return self.lm_head.weight is self.wte.weight

@@ -129,5 +129,17 @@ class GPT(LanguageModel):
             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
         ]
 
+    def hidden_matrices(self) -> list[tuple[str, nn.Parameter, int]]:
+        """Per block: the fused ``[W_q; W_k; W_v]`` (3 matrices), the attention output, the MLP's input
+        matrix (SwiGLU: the fused ``[W_u; W_v]``, 2 matrices) and its output. Embeddings, the head and the
+        RMSNorm weights (QK-norm's included) are not hidden matrices."""
+        out = []
+        for i, block in enumerate(self.blocks):
+            fc_parts = 2 if isinstance(block.mlp, SwiGLU) else 1
+            for name, linear, parts in (("attn.qkv", block.attn.qkv, 3), ("attn.proj", block.attn.proj, 1),
+                                        ("mlp.fc", block.mlp.fc, fc_parts), ("mlp.proj", block.mlp.proj, 1)):
+                out.append((f"blocks.{i}.{name}.weight", linear.weight, parts))
+        return out
+
     def post_step(self) -> None:
         """Nothing to do for the baseline (kept so the trainer treats both models alike)."""

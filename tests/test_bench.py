@@ -12,14 +12,15 @@ from training.bench import main
 
 def test_bench_reports_both_arms(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["--shape", "tiny", "--context", "16", "--batch", "2", "--steps", "2", "--warmup", "1",
-                 "--split-steps", "1", "--device", "cpu", "--json", str(out)]) == 0
+    assert main(["--arms", "gpt,ngpt,gpt-muon", "--shape", "tiny", "--context", "16", "--batch", "2", "--steps", "2",
+                 "--warmup", "1", "--split-steps", "1", "--device", "cpu", "--json", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "gpt " in text and "ngpt " in text and "ms/step" in text
+    assert "gpt " in text and "ngpt " in text and "gpt+muon " in text and "ms/step" in text
     result = json.loads(out.read_text())
-    gpt, ngpt = result["rows"]
-    assert (gpt["arm"], ngpt["arm"]) == ("gpt", "ngpt")
-    for row in (gpt, ngpt):
+    gpt, ngpt, muon = result["rows"]
+    assert (gpt["arm"], ngpt["arm"], muon["arm"]) == ("gpt", "ngpt", "gpt+muon")
+    assert muon["config"] == gpt["config"]  # the same model, another optimizer
+    for row in (gpt, ngpt, muon):
         assert row["ms_per_step"] > 0 and row["tokens_per_s"] == pytest.approx(2 * 16 / (row["ms_per_step"] / 1000))
         assert row["mfu"] is None and row["peak_memory_gib"] is None  # CPU: no peak to compare with
         split = [row["forward_ms"], row["backward_ms"], row["optimizer_ms"], row["post_step_ms"]]
@@ -34,7 +35,7 @@ def test_bench_bad_input(capsys):
     assert main(["--shape", "tiny", "--set", "train.tokens=5", "--device", "cpu"]) == 2
     assert main(["--shape", "tiny", "--arms", "gpt,ngpt-plan", "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[3] == "error: --arms: unknown arm 'ngpt-plan'; known: gpt, ngpt, ngpt-plain"
+    assert err[3] == "error: --arms: unknown arm 'ngpt-plan'; known: gpt, ngpt, ngpt-plain, gpt-muon"
     assert err[0].startswith("error: --shape: unknown shape 'huge'")
     assert err[1] == "error: model: n_heads: 3 does not divide n_embd=32"
     assert err[2].startswith("error: --set: only model.* keys")

@@ -131,6 +131,23 @@ def test_finetuned_arms_start_from_the_pretrained_weights_and_improve(in_folder,
         assert Path(children[arm].data.tags["datgpt.checkpoint"]).is_file()
 
 
+def test_a_muon_arm_fine_tunes_from_an_adamw_checkpoint(in_folder, data_dir):
+    """init_from with Muon: the pretrained GPT's weights (trained by AdamW), a fresh Muon + AdamW."""
+    from mlflow import MlflowClient
+
+    raw = finetune_raw("tiny_pre/gpt", in_folder["runs"]["ngpt"])
+    raw.update(name="tiny_ft_muon", tracking={"log_models": False, "log_samples": False})
+    raw["arms"] = {"gpt_muon": {"model": {"kind": "gpt"}, "init_from": "tiny_pre/gpt",
+                                "optim": {"name": "muon", "lr": 1e-2, "adamw_lr": 3e-3}}}
+    assert run_in(in_folder["folder"], raw) == 0
+    child = mlflow_children(in_folder["uri"], "tiny_ft_muon")["gpt_muon"]
+    assert child.data.params["optim.name"] == "muon"
+    val = {m.step: m.value for m in MlflowClient(in_folder["uri"]).get_metric_history(child.info.run_id, "val/loss")}
+    source = Path(child.data.tags["datgpt.init_from_checkpoint"])
+    assert val[0] == pytest.approx(independent_val_loss(source, 32, eval_tokens=512), rel=1e-5, abs=1e-5)
+    assert val[max(val)] < val[0] - 0.05, val
+
+
 def test_init_from_is_in_the_arm_dict_and_hash_only_when_set():
     """Arms without init_from keep the dict, params and hash they had before the key existed."""
     cfg = build_experiment(copy.deepcopy(PRETRAIN))

@@ -24,6 +24,8 @@ from training.experiment import load_experiment
 from training.run_logger import RunLogger, sync_unsynced
 from training.trainer import CheckpointPlan, TrainingDiverged, train_arm
 
+from test_runner import MUON_ARMS
+
 ROOT = Path(__file__).resolve().parents[1]
 
 TINY = {
@@ -40,12 +42,13 @@ TINY = {
              "ngpt": {"model": {"kind": "ngpt"}, "optim": {"lr": 1e-2, "weight_decay": 0.0, "warmup_tokens": 0}}},
     "targets": [10.6, 10.3, 10.0],  # reached within the run: the resumed summary has numbers to compare
 }
+TINY_MUON = {**TINY, "arms": MUON_ARMS}  # GPT + QK-norm trained by Muon, alone: checkpoints hold Muon's buffers
 
 
-def write_yaml(folder: Path) -> Path:
+def write_yaml(folder: Path, raw: dict = TINY) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "tiny.yaml"
-    path.write_text(yaml.safe_dump(TINY))
+    path.write_text(yaml.safe_dump(raw))
     return path
 
 
@@ -97,17 +100,20 @@ def histories(folder: Path) -> dict:
     return out
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, data_dir=None):
-    folder = tmp_path_factory.mktemp("uninterrupted")
-    write_yaml(folder)
+def _uninterrupted(folder: Path, raw: dict) -> dict:
+    write_yaml(folder, raw)
     code, out, err = finish(start(folder))
     assert code == 0, err[-3000:]
     return histories(folder)
 
 
-def _assert_same_curves(resumed: dict, reference: dict) -> None:
-    for arm in ("gpt", "ngpt"):
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, data_dir=None):
+    return _uninterrupted(tmp_path_factory.mktemp("uninterrupted"), TINY)
+
+
+def _assert_same_curves(resumed: dict, reference: dict, arms: tuple[str, ...] = ("gpt", "ngpt")) -> None:
+    for arm in arms:
         assert resumed[arm]["status"] == "FINISHED"
         for key in ("train/loss", "val/loss", "tokens"):
             assert len(resumed[arm][key]) == len(reference[arm][key]) > 5
@@ -118,23 +124,43 @@ def _assert_same_curves(resumed: dict, reference: dict) -> None:
     assert reached and resumed["answer"] == reference["answer"]
 
 
-def test_sigkill_at_a_random_step_then_resume_gives_the_same_curve(tmp_path, uninterrupted, data_dir):
-    write_yaml(tmp_path)
+def _kill_and_resume(folder: Path, reference: dict, raw: dict, arm: str) -> tuple[dict, str]:
+    """SIGKILL the runner once `arm` checkpointed a random step, run the same command again, and check every
+    arm's curves and the answer against `reference`; returns the killed run's last checkpoint and what the
+    resumed run printed."""
+    write_yaml(folder, raw)
     # a new step each run; a failure names its seed, and DATGPT_TEST_KILL_SEED=<seed> replays it
     seed = int(os.environ.get("DATGPT_TEST_KILL_SEED", time.time_ns() % 100_000))
     kill_at = random.Random(seed).randint(3, 16)  # of 24 steps per arm (the kill lands a step or two later)
-    proc = start(tmp_path)
-    wait_for_checkpoint(tmp_path, "ngpt", kill_at, proc)
+    proc = start(folder)
+    wait_for_checkpoint(folder, arm, kill_at, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    replay = f"killed at ngpt step >= {kill_at}; replay with DATGPT_TEST_KILL_SEED={seed}"
-    code, out, err = finish(start(tmp_path))  # same command: resumes automatically
+    killed = load_latest(next((folder / "checkpoints" / "tiny_resume").glob(f"*/{arm}-seed0")))
+    replay = f"killed at {arm} step >= {kill_at}; replay with DATGPT_TEST_KILL_SEED={seed}"
+    code, out, err = finish(start(folder))  # same command: resumes automatically
     assert code == 0, (replay, err[-3000:])
-    assert "gpt seed 0: finished earlier" in out and "ngpt seed 0: resuming at step" in out, (replay, out)
+    assert f"{arm} seed 0: resuming at step" in out, (replay, out)
     try:
-        _assert_same_curves(histories(tmp_path), uninterrupted)
+        _assert_same_curves(histories(folder), reference, tuple(raw["arms"]))
     except AssertionError as err:
         raise AssertionError(f"{replay}: {err}") from err
+    return killed, out
+
+
+def test_sigkill_at_a_random_step_then_resume_gives_the_same_curve(tmp_path, uninterrupted, data_dir):
+    _, out = _kill_and_resume(tmp_path, uninterrupted, TINY, "ngpt")
+    assert "gpt seed 0: finished earlier" in out
+
+
+def test_sigkill_of_a_muon_arm_then_resume_gives_the_same_curve(tmp_path, data_dir):
+    """The same with Muon: its momentum buffers (and the AdamW part's moments) are in the checkpoint."""
+    reference = _uninterrupted(tmp_path / "uninterrupted", TINY_MUON)
+    killed, _ = _kill_and_resume(tmp_path / "killed", reference, TINY_MUON, "gpt_muon")
+    muon, adamw = killed["optimizer"]["muon"], killed["optimizer"]["adamw"]
+    assert len(muon["state"]) == 8 and all(s["momentum_buffer"].abs().sum() > 0 for s in muon["state"].values())
+    assert [g["parts"] for g in muon["param_groups"]] == [3, 1, 2]  # qkv, the projections, SwiGLU's fc
+    assert len(adamw["state"]) == 2 + 5 + 4  # embedding and head; RMSNorm and QK-norm weights
 
 
 def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path, uninterrupted, data_dir):

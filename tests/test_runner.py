@@ -267,13 +267,19 @@ def _histories(uri: str, experiment: str) -> dict:
     return out
 
 
-def test_two_gloo_processes_match_one_process(tmp_path, data_dir):
-    """2 processes x 1 micro-batch each == 1 process x 2 accumulation steps (same global batch)."""
+MUON_ARMS = {"gpt_muon": {"model": {"kind": "gpt", "qk_norm": True},  # GPT + QK-norm trained by Muon (and AdamW)
+                          "optim": {"name": "muon", "lr": 1e-2, "adamw_lr": 3e-3}}}
+
+
+@pytest.mark.parametrize("arms", [TINY["arms"], MUON_ARMS], ids=["adamw", "muon"])
+def test_two_gloo_processes_match_one_process(tmp_path, data_dir, arms):
+    """2 processes x 1 micro-batch each == 1 process x 2 accumulation steps (same global batch): every rank
+    takes the same optimizer step, AdamW's or Muon's."""
     # the end-of-run extras (model logging, samples, diagnostics) are tested elsewhere; off here for speed.
     # Checkpoints every 4 steps, logs every 3: a checkpoint step is also a log step (a reduction over the
     # ranks), so every rank must know the checkpoint plan, not rank 0 alone (a collective mismatch otherwise)
     path = write_yaml(tmp_path, name="tiny_ddp", train={**TINY["train"], "log_every_steps": 3},
-                      checkpoint={"every_tokens": 1024},
+                      checkpoint={"every_tokens": 1024}, arms=arms,
                       tracking={"log_models": False, "log_samples": False, "log_diagnostics": False})
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/one.db", "OMP_NUM_THREADS": "1"}
     common = [sys.executable, str(ROOT / "runner.py"), str(path), "--no-progress"]
@@ -285,7 +291,7 @@ def test_two_gloo_processes_match_one_process(tmp_path, data_dir):
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("MLflow: experiment") == 1  # only rank 0 prints and logs
     a, b = _histories(f"sqlite:///{tmp_path}/one.db", "tiny_ddp"), _histories(f"sqlite:///{tmp_path}/two.db", "tiny_ddp")
-    assert a.keys() == b.keys() and len(a) == 4
+    assert a.keys() == b.keys() and len(a) == 2 * len(arms)
     for key in a:
         assert len(a[key]) == len(b[key]) > 4
         assert max(abs(x - y) for x, y in zip(a[key], b[key])) < 1e-5, key

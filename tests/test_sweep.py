@@ -17,6 +17,8 @@ from training.experiment import build_experiment
 from training.schedule import lr_at
 from training.trainer import train_arm as real_train_arm
 
+from test_runner import MUON_ARMS
+
 TINY = {
     "name": "tiny_sweep",
     "data": {"dataset": "verdict"},
@@ -262,3 +264,28 @@ def test_sweep_end_to_end_with_cooldown_branches_and_resume(tmp_path, monkeypatc
     names = {p.name for p in report.files}
     assert {"lr_search.csv", "lr_search.md", "lr_search.png", "cooldown_vs_full.csv", "cooldown_vs_full.png"} <= names
     assert torch.get_num_threads() == 1
+
+
+def test_a_muon_arms_cooldown_branch_is_its_full_run(tmp_path, monkeypatch, one_thread):
+    """The branch path with Muon: the WSD branch loads the trunk's Muon and AdamW state and is bitwise the full
+    run of its budget; each child run logs the optimizer and both rates."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setattr(session, "log_report", lambda *a, **k: None)  # the report is tested above
+    raw = copy.deepcopy(TINY)
+    raw["arms"] = copy.deepcopy(MUON_ARMS)
+    raw["sweep"] = {"budgets": [256, 512], "method": "both"}
+    cfg = build_experiment(raw)
+    assert session.run_experiment(cfg, load_splits(cfg.data, cfg.tokenizer, 16), DistInfo(), progress=False,
+                                  stop=session.StopFlag()) == 0
+    runs = _children(uri, "tiny_sweep")
+    assert sorted(runs) == ["gpt_muon-t256-seed0", "gpt_muon-t256-wsd-seed0", "gpt_muon-t512-seed0",
+                            "gpt_muon-t512-wsd-seed0"]
+    branch = runs["gpt_muon-t256-wsd-seed0"]
+    assert branch.data.tags["datgpt.branch_of"] == runs["gpt_muon-t512-wsd-seed0"].info.run_id
+    curve = _val_curve(uri, branch.info.run_id)
+    assert curve == _val_curve(uri, runs["gpt_muon-t256-seed0"].info.run_id) and len(curve) == 3
+    for run in runs.values():
+        params = run.data.params
+        assert (params["optim.name"], params["optim.lr"], params["optim.adamw_lr"]) == ("muon", "0.01", "0.003")

@@ -4,14 +4,16 @@
                              --device cuda --json bench.json
     python -m training.bench --shape demo --context 64 --batch 8        # CPU, the demo's shape
 
-A step is forward + backward + AdamW + the model's post-step hook, on random tokens, under the same
-precision rules as training (bf16 autocast with fp32 weights on CUDA, fp32 on CPU). The total is timed
-over `--steps` un-instrumented steps; the split (forward / backward / optimizer / post-step) over
-`--split-steps` more steps with a device sync between phases, so it adds up to slightly more.
+A step is forward + backward + the optimizer (AdamW; in `gpt-muon` Muon for the hidden matrices and AdamW
+for the rest; built by training/optim.py, as in training) + the model's post-step hook, on random tokens,
+under the same precision rules as training (bf16 autocast with fp32 weights on CUDA, fp32 on CPU). The
+total is timed over `--steps` un-instrumented steps; the split (forward / backward / optimizer / post-step)
+over `--split-steps` more steps with a device sync between phases, so it adds up to slightly more.
 
 `--activations` also predicts, per arm, the activations the step saves for its backward pass under bf16
 autocast (eager, or compiled with `--compile`), by tracing on fake tensors (training/activations.py): it
-works for any shape on a CPU, and with `--steps 0` nothing is timed.
+works for any shape on a CPU, and with `--steps 0` nothing is timed. Its weights + optimizer column counts
+AdamW's two moments for every parameter (an upper bound for `gpt-muon`, whose matrices keep one buffer).
 
 MFU convention: FLOPs per token = 6 x (parameters other than the input embedding) + 12 x layers x
 d_model x context, against the measured bf16 matrix-product peak of the GPU (`--peak-flops` to give one).
@@ -29,6 +31,8 @@ import torch
 from models import ModelConfig, build_model
 from models.config import KINDS
 from training.cli import OneLineParser
+from training.config import OptimConfig
+from training.optim import build_optimizer
 from training.typed_yaml import ConfigError, apply_overrides
 
 SHAPES = {  # shared model shapes; the arm sets `kind`
@@ -44,21 +48,22 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-#: benchmark arms that are not a model kind: nGPT with its normalizations in plain autograd
-VARIANTS = {"ngpt-plain": ("ngpt", False)}
+#: benchmark arms that are not a model kind: nGPT with its normalizations in plain autograd; GPT trained
+#: by Muon (hidden matrices) with AdamW (the rest)
+VARIANTS = {"ngpt-plain": ("ngpt", False, "adamw"), "gpt-muon": ("gpt", True, "muon")}
 
 
-def parse_arm(name: str) -> tuple[str, bool]:
-    """An ``--arms`` entry (a model kind or a key of :data:`VARIANTS`) -> ``(model kind, fused_norms)``."""
-    return VARIANTS.get(name, (name, True))
+def parse_arm(name: str) -> tuple[str, bool, str]:
+    """An ``--arms`` entry (a model kind or a key of :data:`VARIANTS`) -> ``(model kind, fused_norms,
+    optimizer)``."""
+    return VARIANTS.get(name, (name, True, "adamw"))
 
 
 def bench_arm(config: ModelConfig, batch: int, device: torch.device, compile_: bool, warmup: int, steps: int,
-              split_steps: int, peak_flops: float | None, fused_norms: bool = True) -> dict:
+              split_steps: int, peak_flops: float | None, fused_norms: bool = True, optim_name: str = "adamw") -> dict:
     torch.manual_seed(0)
     model = build_model(config, fused_norms).to(device)
-    optimizer = torch.optim.AdamW(model.optimizer_groups(0.1), lr=1e-4, betas=(0.9, 0.95),
-                                  fused=device.type == "cuda")
+    optimizer = build_optimizer(model, OptimConfig(name=optim_name, lr=1e-4, weight_decay=0.1, adamw_lr=1e-4), device)
     forward = torch.compile(model) if compile_ else model
     post_step = torch.compile(model.post_step) if compile_ and config.kind == "ngpt" else model.post_step
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
@@ -106,7 +111,7 @@ def bench_arm(config: ModelConfig, batch: int, device: torch.device, compile_: b
     tokens_per_s = batch * config.context_length / seconds
     flops_per_token = model.flops_per_token(config.context_length)
     return {
-        "arm": arm_name(config, fused_norms),
+        "arm": arm_name(config, fused_norms, optim_name),
         "ms_per_step": 1000 * seconds,
         "tokens_per_s": tokens_per_s,
         "mfu": flops_per_token * tokens_per_s / peak_flops if peak_flops else None,
@@ -119,13 +124,13 @@ def bench_arm(config: ModelConfig, batch: int, device: torch.device, compile_: b
 
 
 def format_rows(rows: list[dict]) -> str:
-    head = (f"{'arm':<11}{'ms/step':>10}{'tokens/s':>12}{'MFU':>7}{'peak GiB':>10}"
+    head = (f"{'arm':<16}{'ms/step':>10}{'tokens/s':>12}{'MFU':>7}{'peak GiB':>10}"
             f"{'fwd ms':>9}{'bwd ms':>9}{'opt ms':>9}{'post ms':>9}{'vs first':>10}")
     lines = [head]
     for row in rows:
         mfu = f"{100 * row['mfu']:.1f}%" if row["mfu"] else "-"
         mem = f"{row['peak_memory_gib']:.1f}" if row["peak_memory_gib"] is not None else "-"
-        lines.append(f"{row['arm']:<11}{row['ms_per_step']:>10.1f}{row['tokens_per_s']:>12,.0f}{mfu:>7}{mem:>10}"
+        lines.append(f"{row['arm']:<16}{row['ms_per_step']:>10.1f}{row['tokens_per_s']:>12,.0f}{mfu:>7}{mem:>10}"
                      f"{row['forward_ms']:>9.1f}{row['backward_ms']:>9.1f}{row['optimizer_ms']:>9.1f}"
                      f"{row['post_step_ms']:>9.2f}{row['ms_per_step'] / rows[0]['ms_per_step']:>9.2f}x")
     return "\n".join(lines)
@@ -133,17 +138,17 @@ def format_rows(rows: list[dict]) -> str:
 
 def format_activations(rows: list[dict], compiled: bool) -> str:
     lines = [f"saved for backward (bf16 autocast, {'compiled' if compiled else 'eager'}, predicted by tracing)",
-             f"{'arm':<11}{'GiB':>8}{'KiB/token':>11}{'vs first':>10}{'+ weights, AdamW GiB':>22}{'vs first':>10}"]
+             f"{'arm':<16}{'GiB':>8}{'KiB/token':>11}{'vs first':>10}{'+ weights, AdamW GiB':>22}{'vs first':>10}"]
     for row in rows:
-        lines.append(f"{row['arm']:<11}{row['saved_activations_gib']:>8.2f}{row['saved_kib_per_token']:>11.1f}"
+        lines.append(f"{row['arm']:<16}{row['saved_activations_gib']:>8.2f}{row['saved_kib_per_token']:>11.1f}"
                      f"{row['saved_activations_gib'] / rows[0]['saved_activations_gib']:>9.2f}x"
                      f"{row['predicted_gib']:>22.2f}{row['predicted_gib'] / rows[0]['predicted_gib']:>9.2f}x")
     return "\n".join(lines)
 
 
-def arm_name(config: ModelConfig, fused_norms: bool = True) -> str:
+def arm_name(config: ModelConfig, fused_norms: bool = True, optim_name: str = "adamw") -> str:
     if config.kind == "gpt":
-        return "gpt+qknorm" if config.qk_norm else "gpt"
+        return ("gpt+qknorm" if config.qk_norm else "gpt") + ("+muon" if optim_name == "muon" else "")
     return config.kind if fused_norms else f"{config.kind}-plain"
 
 
@@ -151,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="python -m training.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--arms", default="gpt,ngpt",
                         help="model kinds to compare, e.g. gpt,ngpt (first = reference); ngpt-plain: nGPT with "
-                             "plain-autograd normalizations (models/ngpt_ops.py)")
+                             "plain-autograd normalizations (models/ngpt_ops.py); gpt-muon: GPT trained by Muon "
+                             "with AdamW (training/optim.py)")
     parser.add_argument("--shape", default="gpt2-small", help=f"model shape: {', '.join(SHAPES)}")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="model.KEY=VALUE",
                         help="override a model key, e.g. --set model.n_layers=24 --set model.qk_norm=true")
@@ -191,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             what = f"unknown arm {', '.join(map(repr, unknown))}" if unknown else "no arm given"
             return fail(f"--arms: {what}; known: {', '.join((*KINDS, *VARIANTS))}")
         arms = [parse_arm(name) for name in names]
-        configs = [replace(base, kind=kind) for kind, _ in arms]
+        configs = [replace(base, kind=kind) for kind, _, _ in arms]
     except (ConfigError, TypeError, ValueError) as err:
         return fail(f"model: {err}")
     device = torch.device(args.device)
@@ -204,19 +210,20 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.steps:
         peak = args.peak_flops or measure_peak_flops(device)
-        rows = [bench_arm(c, args.batch, device, args.compile, args.warmup, args.steps, args.split_steps, peak, fused)
-                for c, (_, fused) in zip(configs, arms)]
+        rows = [bench_arm(c, args.batch, device, args.compile, args.warmup, args.steps, args.split_steps, peak, fused,
+                          optim_name) for c, (_, fused, optim_name) in zip(configs, arms)]
         print(f"{args.shape} x {args.batch} x {args.context} tokens, {args.device}"
               f"{' (' + torch.cuda.get_device_name(device) + ')' if args.device == 'cuda' else ''}, "
               f"{'bf16 autocast' if args.device == 'cuda' else 'fp32'}, {'compiled' if args.compile else 'eager'}, "
               f"torch {torch.__version__}" + (f", peak {peak / 1e12:.0f} TFLOP/s" if peak else ""))
         print(format_rows(rows))
     else:
-        peak, rows = None, [{"arm": arm_name(c, fused), "config": asdict(c)} for c, (_, fused) in zip(configs, arms)]
+        peak, rows = None, [{"arm": arm_name(c, fused, optim_name), "config": asdict(c)}
+                            for c, (_, fused, optim_name) in zip(configs, arms)]
     if args.activations:
         from training.activations import saved_activations
 
-        for config, (_, fused), row in zip(configs, arms, rows):
+        for config, (_, fused, _), row in zip(configs, arms, rows):
             row.update(saved_activations(config, args.batch, compiled=args.compile, fused_norms=fused))
         print(format_activations(rows, args.compile))
     if args.json:

@@ -107,8 +107,16 @@ class TrainConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 6.0e-4  # peak learning rate of AdamW
-    weight_decay: float = 0.1  # decoupled weight decay on the groups the model marks for decay
+    """`optim`: the optimizer and its learning-rate schedule (training/optim.py builds the optimizer).
+
+    `name: adamw` trains every parameter with AdamW. `name: muon` trains the hidden matrices (attention and
+    MLP projections) with Muon and the embeddings, the output head and every vector with AdamW at its own
+    rate `adamw_lr`; both rates follow the schedule below. Muon is defined here for GPT only (nGPT: exit 2).
+    Defaults and their sources: docs/configuration.md."""
+
+    name: str = "adamw"  # "adamw", or "muon" (Muon for the hidden matrices, AdamW for the rest; GPT only)
+    lr: float = 6.0e-4  # peak learning rate: AdamW's, or with muon Muon's (the rate sweep.lr searches)
+    weight_decay: float = 0.1  # decoupled weight decay on the groups the model marks for decay (and Muon's matrices)
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1.0e-8
@@ -116,6 +124,17 @@ class OptimConfig:
     schedule: str = "cosine"  # after warmup: "cosine", "linear", "wsd" (warmup-stable-decay) or "constant"
     min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio (cosine, linear, wsd)
     decay_fraction: float = 0.2  # wsd only: the last fraction of tokens over which lr decays
+    # --- muon only (ignored by adamw arms, and left out of their params and hashes) -------------------------
+    adamw_lr: float | None = None  # peak lr of the AdamW part (embeddings, head, vectors); required with muon
+    muon_momentum: float = 0.95  # momentum mu of Muon's buffer B <- mu B + (1 - mu) G
+    muon_nesterov: bool = True  # orthogonalize (1 - mu) G + mu B instead of B
+    muon_ns_steps: int = 5  # Newton-Schulz iterations per orthogonalization
+    muon_adjust_lr: str = "match_rms_adamw"  # per-matrix rate: lr x 0.2 sqrt(max(rows, cols)) (match_rms_adamw,
+    # Moonshot's: an update of AdamW's RMS) or lr x sqrt(max(1, rows / cols)) (original, Keller Jordan's)
+
+
+OPTIMIZERS = ("adamw", "muon")
+MUON_KEYS = ("adamw_lr", "muon_momentum", "muon_nesterov", "muon_ns_steps", "muon_adjust_lr")  # muon arms only
 
 
 @dataclass
@@ -263,12 +282,13 @@ class ExperimentConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def config_hash(self) -> str:
-        return _hash(self.to_dict())
+        tree = self.to_dict()
+        return _hash({**tree, "arms": {name: _hashed(arm) for name, arm in tree["arms"].items()}})
 
     def arm_hash(self, arm: ArmConfig, seed: int) -> str:
         """What decides one arm's training curve: a checkpoint is resumed only under the same hash."""
         return _hash({"data": dataclasses.asdict(self.data), "tokenizer": self.tokenizer,
-                      "arm": arm_to_dict(arm), "seed": seed})
+                      "arm": _hashed(arm_to_dict(arm)), "seed": seed})
 
 
 def _hash(tree: dict[str, Any]) -> str:
@@ -276,16 +296,29 @@ def _hash(tree: dict[str, Any]) -> str:
 
 
 def arm_to_dict(arm: ArmConfig) -> dict[str, Any]:
-    """The arm as plain data (logged as params and hashed). `init_from` appears only when set, so
-    the hashes of arms without it are the ones they had before the key existed."""
+    """The arm as plain data (logged as params and hashed). `init_from` appears only when set, and the
+    Muon keys only in a muon arm, so the hashes of arms without them are the ones they had before the keys
+    existed (`optim.name: adamw` is left out of hashes by `_hashed`)."""
+    optim = dataclasses.asdict(arm.optim)
+    if arm.optim.name != "muon":
+        for key in MUON_KEYS:
+            del optim[key]
     out = {
         "model": dataclasses.asdict(arm.model),
         "train": dataclasses.asdict(arm.train),
-        "optim": dataclasses.asdict(arm.optim),
+        "optim": optim,
     }
     if arm.init_from is not None:
         out["init_from"] = arm.init_from
     return out
+
+
+def _hashed(arm: dict[str, Any]) -> dict[str, Any]:
+    """`arm_to_dict` as hashed: without `optim.name` when it is adamw, the only optimizer before the key
+    existed, so checkpoints and invocations of AdamW arms written before it still resume."""
+    if arm["optim"].get("name") != "adamw":
+        return arm
+    return {**arm, "optim": {k: v for k, v in arm["optim"].items() if k != "name"}}
 
 
 def local_accum_steps(grad_accum_steps: int, world_size: int, *, arm: str | None = None,
@@ -327,6 +360,8 @@ CHOICES = {
     "train.device": ("auto", "cuda", "cpu"),
     "train.eval_windows": ("first", "spread"),
     "optim.schedule": ("cosine", "linear", "wsd", "constant"),
+    "optim.name": OPTIMIZERS,
+    "optim.muon_adjust_lr": ("match_rms_adamw", "original"),
     "sweep.method": SWEEP_METHODS,
 }
 TOKENIZERS = tuple(TOKENIZER_VOCAB)  # training/data/tokenizer.py: gpt2, bytes
@@ -359,5 +394,26 @@ def validate_arm(arm: ArmConfig, prefix: str) -> None:
     if o.warmup_tokens >= t.tokens:
         raise ConfigError(f"{prefix('optim', 'warmup_tokens')}: {o.warmup_tokens} must be less than "
                           f"train.tokens={t.tokens}")
+    if o.name == "muon":
+        validate_muon(arm, prefix)
+
+
+def validate_muon(arm: ArmConfig, prefix) -> None:
+    """The keys of a muon arm. Muon is defined for GPT only: nGPT renormalizes every matrix after every
+    step, and neither the nGPT paper nor Muon's authors define what an orthogonalized update means there."""
+    o = arm.optim
+    if arm.model.kind != "gpt":
+        raise ConfigError(f"{prefix('optim', 'name')}: muon (arm {arm.name}) trains GPT models only, not "
+                          f"{arm.model.kind}: nGPT renormalizes its matrices after every step, and Muon on nGPT "
+                          f"is defined by neither paper; use adamw")
+    if o.adamw_lr is None:
+        raise ConfigError(f"{prefix('optim', 'adamw_lr')}: required with optim.name muon (arm {arm.name}): the "
+                          f"peak learning rate of the AdamW part (embeddings, output head, vectors), e.g. the GPT "
+                          f"arm's lr")
+    positive(prefix("optim", "adamw_lr"), o.adamw_lr)
+    if not 0 <= o.muon_momentum < 1:
+        raise ConfigError(f"{prefix('optim', 'muon_momentum')}: must be in [0, 1), got {o.muon_momentum!r}")
+    if not 1 <= o.muon_ns_steps <= 50:
+        raise ConfigError(f"{prefix('optim', 'muon_ns_steps')}: must be 1 to 50, got {o.muon_ns_steps!r}")
 
 

@@ -1,9 +1,10 @@
 """The training loop of one arm and one seed.
 
-Same loop for both arms: AdamW on the model's own parameter groups, gradient clipping, the token-based
-LR schedule, gradient accumulation (no all-reduce on all but the last micro-step), bf16 autocast on
-CUDA / fp32 on CPU, optional torch.compile, the model's post-step hook (nGPT renormalizes), and
-validation on the same fixed tokens at a token interval. Metrics go to a logger (MLflow on rank 0).
+Same loop for every arm: the arm's optimizer (training/optim.py: AdamW, or Muon with AdamW), gradient
+clipping, the token-based LR schedule, gradient accumulation (no all-reduce on all but the last
+micro-step), bf16 autocast on CUDA / fp32 on CPU, optional torch.compile, the model's post-step hook
+(nGPT renormalizes), and validation on the same fixed tokens at a token interval. Metrics go to a logger
+(MLflow on rank 0).
 
 Timing convention: `time/elapsed_s` counts training time only; evaluations are excluded, since their
 cost depends on the evaluation settings, not on the arm.
@@ -27,6 +28,7 @@ from training.checkpoint import rng_state, save_branch, save_checkpoint, set_rng
 from training.config import ArmConfig, local_accum_steps
 from training.data.corpus import Splits, TrainBatches, val_windows
 from training.distributed import DistInfo, all_reduce_sum
+from training.optim import build_optimizer, set_lr
 from training.runtime import Runtime, resolve_runtime
 from training.schedule import lr_at
 
@@ -184,8 +186,7 @@ class _ArmTraining:
             model.load_state_dict(init_state)
         self.result = ArmResult(arm=arm.name, seed=seed, n_params=model.num_params())
         self.flops_per_token = model.flops_per_token(arm.model.context_length)
-        self.optimizer = torch.optim.AdamW(model.optimizer_groups(o.weight_decay), lr=o.lr, betas=(o.beta1, o.beta2),
-                                           eps=o.eps, fused=runtime.device.type == "cuda")
+        self.optimizer = build_optimizer(model, o, runtime.device)
         self.forward_model = torch.compile(model) if runtime.compile else model
         self.train_model = self.forward_model
         if dist.enabled:
@@ -196,7 +197,7 @@ class _ArmTraining:
 
         self.start_step = 0
         self.resumed = resume is not None
-        if resume is not None:  # same weights, optimizer moments, RNG and curve as when it was saved
+        if resume is not None:  # same weights, optimizer state (moments, Muon's buffers), RNG and curve as saved
             model.load_state_dict(resume["model"])
             self.optimizer.load_state_dict(resume["optimizer"])
             set_rng_state(resume["rng"])
@@ -260,8 +261,7 @@ class _ArmTraining:
         """One optimizer step: its learning rate, the micro-batches' summed loss, the gradient norm."""
         t, runtime, dist, model, local_accum = self.arm.train, self.runtime, self.dist, self.model, self.local_accum
         lr = lr_at((step - 1) * self.tokens_per_step, self.steps * self.tokens_per_step, self.arm.optim)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(self.optimizer, lr)
         loss_sum = torch.zeros((), device=runtime.device)
         for micro in range(local_accum):
             x, y = self.batches.get(step - 1, self.first_micro + micro)
