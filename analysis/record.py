@@ -81,6 +81,10 @@ TAG_ARM = "datgpt.arm"
 TAG_SEED = "datgpt.seed"
 TAG_MODEL_KIND = "datgpt.model_kind"
 TAG_FAILURE = "datgpt.failure"  # why a child run FAILED (e.g. a NaN loss)
+#: A child run its invocation no longer continues: the process died before the unit's first checkpoint, and
+#: the same command trained the unit again in the child run this tag names (training/session.py). KILLED
+#: if it was left RUNNING, else FAILED as it ended; the analysis skips it.
+TAG_SUPERSEDED_BY = "datgpt.superseded_by"
 TAG_CHECKPOINT = "datgpt.checkpoint"  # its final checkpoint (absolute path)
 TAG_INIT_FROM = "datgpt.init_from"  # fine-tuning: the spec as written in the YAML
 TAG_INIT_CHECKPOINT = "datgpt.init_from_checkpoint"  # ... the checkpoint it resolved to (absolute path)

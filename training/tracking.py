@@ -112,6 +112,12 @@ class NullTracker:
     def reopen(self, run_id) -> None:
         pass
 
+    def run_status(self, run_id) -> None:
+        return None
+
+    def supersede_others(self, experiment_id, parent_id, run_name: str, run_id) -> list[str]:
+        return []
+
     def runs_url(self, experiment_id) -> str:
         return ""
 
@@ -245,6 +251,26 @@ class Tracker:
     def reopen(self, run_id: str) -> None:
         """Mark a run RUNNING again to continue it (resume)."""
         self.client.update_run(run_id, status="RUNNING")
+
+    def run_status(self, run_id: str) -> str:
+        return self.client.get_run(run_id).info.status
+
+    def supersede_others(self, experiment_id: str, parent_id: str, run_name: str, run_id: str) -> list[str]:
+        """Tag every child run of `parent_id` named `run_name` but `run_id` (and not superseded yet) as
+        superseded by `run_id`, and mark those still RUNNING as KILLED; returns their ids, oldest first."""
+        query = (f"tags.`{record.TAG_PARENT}` = '{parent_id}' AND tags.`{record.TAG_ROLE}` = '{record.ROLE_CHILD}' "
+                 f"AND attributes.run_name = '{run_name}'")
+        runs = self.client.search_runs([experiment_id], query, order_by=["attributes.start_time ASC"],
+                                       max_results=1000)
+        superseded = []
+        for run in runs:
+            if run.info.run_id == run_id or record.TAG_SUPERSEDED_BY in run.data.tags:
+                continue
+            self.client.set_tag(run.info.run_id, record.TAG_SUPERSEDED_BY, run_id)
+            if run.info.status in ("RUNNING", "SCHEDULED"):
+                self.client.set_terminated(run.info.run_id, status="KILLED")
+            superseded.append(run.info.run_id)
+        return superseded
 
 
 def main(argv: list[str] | None = None) -> int:
