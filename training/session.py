@@ -27,6 +27,7 @@ from training.config import ArmConfig, ExperimentConfig, arm_to_dict, flatten, l
 from training.data.corpus import Splits
 from training.distributed import DistInfo, barrier, broadcast_object
 from training.errors import UsageError
+from training.mlflow_view import answer_columns, runs_view_json
 from training.resume import check_resumable, find_invocation, resolve_init_from
 from training.runtime import measure_peak_flops, resolve_runtime
 from training.tracking import NullTracker, Tracker, TrackingError, git_commit
@@ -125,6 +126,7 @@ def run_experiment(cfg: ExperimentConfig, splits: Splits, dist: DistInfo, *, pro
             dist.print(f"\n{cfg.name}: {len(session.results)} runs ({failed} failed)")
             if dist.is_main:
                 _print_and_log_answer(tracker, cfg, parent_id)
+                _set_runs_view(tracker, cfg, experiment_id, parent_id)
             tracker.finish(parent_id, "FINISHED")
             status = "FINISHED"
             if invocation is not None and dist.is_main:
@@ -200,6 +202,20 @@ def _open_parent(cfg: ExperimentConfig, dist: DistInfo, tracker, invocation: Inv
     tracker.log_text(parent_id, cfg.to_yaml(), record.CONFIG_ARTIFACT)
     dist.print(f"MLflow: experiment {cfg.experiment_name!r}, parent run {parent_id} ({tracker.uri})")
     return experiment_id, parent_id
+
+
+def _set_runs_view(tracker: Tracker, cfg: ExperimentConfig, experiment_id: str, parent_id: str) -> None:
+    """Rank 0, once the answer is logged: the runs table's shared view shows it (the answer metrics the parent
+    run holds that `answer_columns` picks), for the runs link the runner prints."""
+    contexts = {arm.name: arm.model.context_length for arm in cfg.arms}
+    several = len(set(contexts.values())) > 1  # the answer's names then carry the context length
+    try:
+        columns = answer_columns([arm.name for arm in cfg.arms], cfg.baseline_arm, cfg.targets,
+                                 tracker.metrics(parent_id), contexts if several else None)
+        tracker.set_runs_view(experiment_id, runs_view_json(columns))
+    except Exception as err:  # the answer is logged; the view is a convenience
+        print(f"warning: could not store the runs table's view on the experiment ({type(err).__name__})",
+              file=sys.stderr)
 
 
 def _print_and_log_answer(tracker: Tracker, cfg: ExperimentConfig, parent_id: str) -> None:
