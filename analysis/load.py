@@ -18,7 +18,9 @@ Which runs are loaded: by default **all** child runs of the experiment, across e
 invocation was repeated), only the most recently started run is kept and the others are reported
 in a warning. ``parent_run_id`` restricts the load to one invocation (``"latest"`` = the most
 recently started parent). Child runs whose status is not FINISHED are skipped with a warning
-unless ``include_unfinished=True``; runs without any ``val/loss`` are skipped with a warning.
+unless ``include_unfinished=True``; runs without any ``val/loss`` are skipped with a warning. A child
+run tagged ``datgpt.superseded_by`` (an attempt whose process died before the unit's first checkpoint,
+trained again in the run it names) is skipped without one, whatever ``include_unfinished`` says.
 """
 
 from __future__ import annotations
@@ -186,6 +188,9 @@ def load_experiment(
         parents = {chosen: parents[chosen]}
 
     skipped: list[tuple[str, str]] = []
+    superseded = [r for r in children if record.TAG_SUPERSEDED_BY in r.data.tags]
+    skipped += [(r.info.run_id, f"superseded by run {r.data.tags[record.TAG_SUPERSEDED_BY]}") for r in superseded]
+    children = [r for r in children if record.TAG_SUPERSEDED_BY not in r.data.tags]
     kept: list[Run] = []
     for r in children:
         label = run_label(r)

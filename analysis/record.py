@@ -24,7 +24,8 @@ The layout, one MLflow experiment per experiment YAML (``name`` or ``tracking.ex
   the run's ``tokens`` at the same step; ``<metric>`` is lm-eval's metric name with its filter
   (:func:`metric_from_lm_eval`: ``acc``, ``acc_norm``, ``acc_stderr``, ``exact_match_strict-match``); the
   full lm-eval results (no per-document samples) as the JSON artifact :func:`eval_results_artifact`.
-* **experiment tags**: :data:`TAG_EXPERIMENT_KIND` (MLflow opens the runs, not GenAI traces) and
+* **experiment tags**: :data:`TAG_EXPERIMENT_KIND` (MLflow opens the runs, not GenAI traces),
+  :data:`TAG_RUNS_VIEW` (the shared view of the runs table with the answer's columns) and
   :data:`TAG_CURVES_VIEW` (the shared view of the runs page that shows the losses against tokens first).
 """
 
@@ -61,6 +62,9 @@ EXPERIMENT_KIND_TRAINING = "custom_model_development"
 #: datgpt writes one, the training curves (training/mlflow_view.py ``curves_view``), under this key.
 CURVES_VIEW_KEY = "datgpt-curves"
 TAG_CURVES_VIEW = f"mlflow.sharedViewState.{CURVES_VIEW_KEY}"
+#: ... and one of the runs table, whose columns are the answer (training/mlflow_view.py ``runs_view``).
+RUNS_VIEW_KEY = "datgpt-runs"
+TAG_RUNS_VIEW = f"mlflow.sharedViewState.{RUNS_VIEW_KEY}"
 
 # ------------------------------------------------------------------ parent tags
 TAG_TARGETS = "datgpt.targets"  # JSON list of the target validation losses
@@ -83,6 +87,10 @@ TAG_ARM = "datgpt.arm"
 TAG_SEED = "datgpt.seed"
 TAG_MODEL_KIND = "datgpt.model_kind"
 TAG_FAILURE = "datgpt.failure"  # why a child run FAILED (e.g. a NaN loss)
+#: A child run its invocation no longer continues: the process died before the unit's first checkpoint, and
+#: the same command trained the unit again in the child run this tag names (training/session.py). KILLED
+#: if it was left RUNNING, else FAILED as it ended; the analysis skips it.
+TAG_SUPERSEDED_BY = "datgpt.superseded_by"
 TAG_CHECKPOINT = "datgpt.checkpoint"  # its final checkpoint (absolute path)
 TAG_INIT_FROM = "datgpt.init_from"  # fine-tuning: the spec as written in the YAML
 TAG_INIT_CHECKPOINT = "datgpt.init_from_checkpoint"  # ... the checkpoint it resolved to (absolute path)
@@ -153,6 +161,11 @@ def target_label(target: float) -> str:
     """A target as it appears in metric names: 6.0 -> ``6.0``, 5.25 -> ``5.25``."""
     text = f"{float(target):g}"
     return text if any(c in text for c in ".en") else text + ".0"
+
+
+#: Quantities of :func:`answer_metric` that the runs table shows (training/mlflow_view.py ``answer_columns``).
+ANSWER_FINAL_LOSS = "final_val_loss"
+ANSWER_SPEEDUP_WITH_INTERVAL = ("speedup", "speedup_ci_low", "speedup_ci_high")
 
 
 def answer_metric(arm: str, quantity: str, target: float | None = None,

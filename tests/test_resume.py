@@ -52,10 +52,12 @@ def write_yaml(folder: Path, raw: dict = TINY) -> Path:
     return path
 
 
-def start(folder: Path, *args: str) -> subprocess.Popen:
+def start(folder: Path, *args: str, entry: list[str] | None = None) -> subprocess.Popen:
+    """The runner on folder/tiny.yaml in a process of its own (`entry`: another command that runs it)."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{folder}/mlflow.db"}
-    return subprocess.Popen([sys.executable, str(ROOT / "runner.py"), str(folder / "tiny.yaml"), "--no-progress",
-                             *args], cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    entry = entry or [sys.executable, str(ROOT / "runner.py")]
+    return subprocess.Popen([*entry, str(folder / "tiny.yaml"), "--no-progress", *args], cwd=folder, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 600) -> tuple[int, str, str]:

@@ -105,6 +105,38 @@ def test_curves_view_fits_an_experiment_tag_and_names_logged_metrics():
     assert {c["metricSectionId"] for c in view["compareRunCharts"]} == {s["uuid"] for s in view["compareRunSections"]}
 
 
+def test_the_runs_view_keeps_the_hardest_targets_that_fit():
+    """The answer's columns fit the runs table of a 1,600-pixel window (tools/mlflow_screenshots.py shows it):
+    with one seed every target, with three the hardest formed one with its interval; never none."""
+    from training.mlflow_view import ANSWER_WIDTH, answer_columns, column_width, runs_view
+
+    def m(arm, quantity, target=None, ctx=None):
+        return record.answer_metric(arm, quantity, target, ctx)
+
+    targets = [7.0, 6.5, 6.2]
+    finals = [m("gpt", "final_val_loss"), m("ngpt", "final_val_loss")]
+    interval = ("speedup", "speedup_ci_low", "speedup_ci_high")
+    one_seed = {m("ngpt", "speedup", t) for t in targets} | set(finals)  # no interval is formed
+    one = answer_columns(["gpt", "ngpt"], "gpt", targets, one_seed)
+    assert one == [m("ngpt", "speedup", t) for t in targets] + finals
+    three_seeds = {m("ngpt", q, t) for q in interval for t in targets} | set(finals)
+    three = answer_columns(["gpt", "ngpt"], "gpt", targets, three_seeds)
+    assert three == [m("ngpt", q, 6.2) for q in interval] + finals
+    assert sum(map(column_width, one)) <= ANSWER_WIDTH and sum(map(column_width, three)) <= ANSWER_WIDTH
+    assert sum(map(column_width, three + [m("ngpt", q, 6.5) for q in interval])) > ANSWER_WIDTH  # no room for two
+    unformed = three_seeds - {m("ngpt", q, 6.2) for q in interval}  # no seed reached 6.2: the next hardest
+    assert answer_columns(["gpt", "ngpt"], "gpt", targets, unformed) == [m("ngpt", q, 6.5) for q in interval] + finals
+    arms = ["gpt", "ngpt", "ngpt_qk"]  # too wide even for one target: the hardest anyway, for every arm
+    many = answer_columns(arms, "gpt", [7.0, 6.2], {m(a, q, t) for a in arms for q in interval for t in (7.0, 6.2)})
+    assert [c for c in many if "speedup_at_" in c] == [m("ngpt", "speedup", 6.2), m("ngpt_qk", "speedup", 6.2)]
+    contexts = {"gpt": 64, "ngpt": 256}
+    logged = [m("ngpt", "speedup", 7.0, 256), m("gpt", "final_val_loss", None, 64), m("ngpt", "final_val_loss", None, 256)]
+    assert answer_columns(["gpt", "ngpt"], "gpt", [7.0], set(logged), contexts) == logged
+    view = runs_view(three)
+    assert view["selectedColumns"] == [f"metrics.`{c}`" for c in three] == view["columnOrder"][2:]
+    assert all(view["columnWidths"][f"metrics.`{c}`"] == column_width(c) for c in three)
+
+
 def test_an_older_experiment_gets_the_kind_and_the_current_view(tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
@@ -173,8 +205,20 @@ def test_end_to_end_sqlite(tmp_path, monkeypatch, capsys, data_dir):
     check_mlflow_layout(uri, "tiny_e2e")
     from mlflow import MlflowClient
 
-    exp_id = MlflowClient(uri).get_experiment_by_name("tiny_e2e").experiment_id
-    assert f"Runs in MLflow: http://127.0.0.1:5000/#/experiments/{exp_id}?workflowType=machine_learning" in out
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("tiny_e2e")
+    exp_id = exp.experiment_id
+    assert (f"Runs in MLflow: http://127.0.0.1:5000/#/experiments/{exp_id}/runs?workflowType=machine_learning"
+            f"&viewStateShareKey={record.RUNS_VIEW_KEY}&compareRunsMode=TABLE") in out
+    # the runs view shows the answer the parent run holds: its speedups (one seed: no interval; here the targets
+    # may not be reached, test_the_runs_view_... picks among speedups) in the targets' order, then the final losses
+    (parent,) = client.search_runs([exp_id], f"tags.`{record.TAG_ROLE}` = '{record.ROLE_PARENT}'")
+    view = json.loads(exp.tags[record.TAG_RUNS_VIEW])
+    shown = [c[len("metrics.`"):-1] for c in view["selectedColumns"]]
+    speedups = [k for k in (record.answer_metric("ngpt", "speedup", t) for t in (10.0, 9.0)) if k in parent.data.metrics]
+    finals = [record.answer_metric(arm, record.ANSWER_FINAL_LOSS) for arm in ("gpt", "ngpt")]
+    assert set(finals) <= set(parent.data.metrics) and shown == speedups + finals
+    assert view["columnOrder"][2:] == view["selectedColumns"] and view["orderByAsc"] is False
     assert (f"Curves in MLflow: http://127.0.0.1:5000/#/experiments/{exp_id}/runs?workflowType=machine_learning"
             f"&viewStateShareKey={record.CURVES_VIEW_KEY}&compareRunsMode=CHART") in out
 

@@ -11,16 +11,22 @@ lines. It then starts ``mlflow ui`` on a free 127.0.0.1 port, waits for ``/healt
 a new tab of one headless Chromium (as a link opened from a terminal would be), waits until the text it
 expects is on the page, and writes (to ``--out``):
 
-* ``1_runs_table.png``: the link the runner prints (``#/experiments/<id>?workflowType=machine_learning``);
+* ``1_runs_table.png``: the runs link the runner prints (the runs table with datgpt's shared view: the
+  answer's columns beside each parent run); the tool checks that no answer column is cut or off-screen;
 * ``2_chart_view.png``: the curves link the runner prints (the runs page in chart mode with datgpt's
   shared view: losses first, against tokens);
 * ``3_child_run.png`` and ``4_child_run_metrics.png``: a child run's overview and its "Model metrics" tab;
 * ``5_child_run_artifacts.png``: the child run's ``diagnostics/`` artifacts.
 
+MLflow 3.17 opens its Assistant panel by itself the first time a browser opens a local MLflow UI (it
+then stays as the user leaves it); the tool shoots that first page as ``0_first_visit_<name>.png``, then
+closes the panel, as a user does once, before the shots above.
+
 Needs Chromium (Debian: ``apt-get install chromium``; ``--chromium PATH`` or ``$CHROMIUM`` for another
 binary) and nothing beyond the project's Python packages: Chromium is driven over the DevTools
 protocol with aiohttp's websocket client. The server and the browser are stopped at the end. Exit
-status 1 (and a warning) when an expected text never appeared on a page: look at the PNG.
+status 1 (and a warning) when an expected text never appeared on a page or an answer column is cut: look
+at the PNG.
 """
 
 from __future__ import annotations
@@ -70,7 +76,7 @@ def run_demo(folder: Path, tokens: int) -> tuple[str, str, str]:
         if not found:
             sys.exit(f"the runner printed no {pattern.pattern!r} link:\n{out.stdout[-3000:]}")
         print("the runner printed:", found[-1], flush=True)
-        links.append(found[-1].split("/", 3)[3])  # "#/experiments/<id>?workflowType=machine_learning"
+        links.append(found[-1].split("/", 3)[3])  # "#/experiments/<id>/runs?..."
     return uri, links[0], links[1]
 
 
@@ -168,9 +174,36 @@ class Page:
         print("wrote", path, flush=True)
 
 
+RUNS_TABLE = "1_runs_table.png"
+#: MLflow 3.17 opens its Assistant panel (350 pixels wide) by itself the first time a browser opens a local
+#: MLflow UI; a user closes it once (it stays closed). Whether it is open, and with `(true)`, close it.
+ASSISTANT_CLOSE = """(click => {
+  const inPanel = b => { for (let e = b; e; e = e.parentElement) { if (e === document.body) return false;
+    if ((e.innerText || '').startsWith('MLflow Assistant')) return true; } return false; };
+  const close = Array.from(document.querySelectorAll('button[aria-label="Close"]')).find(inPanel);
+  if (close && click) close.click();
+  return Boolean(close);
+})"""
+#: The metric columns of the runs table whose name runs past the header's right edge (MLflow cuts it with an
+#: ellipsis) or that lie beyond the visible grid.
+CUT_ANSWER_COLUMNS = """(() => {
+  const grid = document.querySelector('.ag-body-viewport, .ag-root-wrapper').getBoundingClientRect();
+  const textRight = h => { let right = 0; const walk = document.createTreeWalker(h, NodeFilter.SHOW_TEXT);
+    while (walk.nextNode()) { if (!walk.currentNode.textContent.trim()) continue;
+      const range = document.createRange(); range.selectNodeContents(walk.currentNode);
+      right = Math.max(right, range.getBoundingClientRect().right); } return right; };
+  return Array.from(document.querySelectorAll('.ag-header-cell[col-id^="metrics."]')).filter(h => {
+    const cell = h.getBoundingClientRect();
+    return cell.width === 0 || textRight(h) > cell.right - 4 || cell.right > grid.right + 1;
+  }).map(h => h.getAttribute('col-id'));
+})()"""
+
+
 async def screenshots(base: str, page_link: str, curves_link: str, child: str | None, out: Path, chromium: str,
                       width: int, height: int) -> list[str]:
     import aiohttp
+
+    from analysis import record
 
     profile = Path(tempfile.mkdtemp(prefix="datgpt-chromium-"))
     cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -189,7 +222,7 @@ async def screenshots(base: str, page_link: str, curves_link: str, child: str | 
         async with aiohttp.ClientSession() as http:
             experiment_id = re.search(r"experiments/(\d+)", page_link).group(1)
             shots = [
-                ("1_runs_table.png", f"{base}/{page_link}", ["Run Name"]),
+                (RUNS_TABLE, f"{base}/{page_link}", ["Run Name", f"{record.ANSWER_PREFIX}/"]),
                 ("2_chart_view.png", f"{base}/{curves_link}", ["Losses", "val/loss", "train/loss"]),
             ]
             if child:
@@ -207,6 +240,13 @@ async def screenshots(base: str, page_link: str, curves_link: str, child: str | 
                                     deviceScaleFactor=1, mobile=False)
                     if not await page.goto(url, wait_for):
                         missing.append(f"{name}: {wait_for} not on the page")
+                    if await page.js(f"{ASSISTANT_CLOSE}(false)"):  # open on a browser's first visit only
+                        await page.shot(out / f"0_first_visit_{name}")
+                        await page.js(f"{ASSISTANT_CLOSE}(true)")
+                        await asyncio.sleep(2)
+                    if name == RUNS_TABLE:
+                        missing += [f"{name}: the answer column {c} is cut or off-screen"
+                                    for c in await page.js(CUT_ANSWER_COLUMNS)]
                     await page.shot(out / name)
                 async with http.get(f"http://127.0.0.1:{port}/json/close/{target['id']}") as r:
                     await r.read()

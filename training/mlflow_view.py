@@ -1,13 +1,20 @@
-"""The shared view of the training curves that datgpt stores on each MLflow experiment.
+"""The shared views of the runs page that datgpt stores on each MLflow experiment: the training curves,
+and the runs table with the answer's columns.
 
-MLflow 3's runs page keeps a view (filter, grouping, chart sections, x axis) in the experiment tag
-``mlflow.sharedViewState.<key>`` and opens it from ``...?viewStateShareKey=<key>``; training/tracking.py
-writes this one when it creates (or next uses) an experiment, and the runner prints the link.
+MLflow 3's runs page keeps a view in the experiment tag ``mlflow.sharedViewState.<key>`` and opens it from
+``...?viewStateShareKey=<key>``. What such a view holds (MLflow 3.17's UI, ``useSharedExperimentViewState``):
+the search facets ``searchFilter``, ``orderByKey``, ``orderByAsc``, ``startTime``, ``lifecycleFilter``,
+``datasetsFilter``, ``modelVersionFilter``, and of the UI state ``selectedColumns``, ``columnOrder``,
+``columnWidths``, ``groupBy``, the chart layout and options; not which parent runs are expanded, pinned or
+hidden (the browser keeps those). Every key a view leaves out takes MLflow's default. training/tracking.py
+writes the curves view when it creates (or next uses) an experiment and the runs view when an invocation
+starts; the runner prints both links.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from analysis import record
@@ -60,3 +67,63 @@ def curves_view() -> dict[str, Any]:
 
 def curves_view_json() -> str:
     return json.dumps(curves_view(), separators=(",", ":"))
+
+
+#: Pixels of the runs table left to the answer's columns in a window 1,600 pixels wide, in MLflow 3.17 with
+#: its left bar open and its Assistant panel closed, after the row checkbox, the run name and the created
+#: columns (widths below; MLflow's duration column moves after the answer). Measured with
+#: tools/mlflow_screenshots.py: the grid ends at x = 1,568 and the first answer column starts at 595. The
+#: run name column is wide enough for a child run's name (``ngpt-seed0``) under its parent.
+ANSWER_WIDTH = 970
+RUN_NAME_COLUMN, RUN_NAME_WIDTH = "attributes.`Run Name`", 170  # MLflow's column ids
+CREATED_COLUMN, CREATED_WIDTH = "runDateAndNestInfo", 130
+
+
+def column_width(metric: str) -> int:
+    """The pixels a metric column needs to show its whole name in the header (MLflow's 12-pixel font: about
+    6 pixels a character, e.g. 155 for ``result/ngpt/speedup_at_6.2``, and 20 of padding)."""
+    return 20 + 6 * len(metric)
+
+
+def answer_columns(arms: Sequence[str], baseline: str, targets: Sequence[float], logged: Collection[str],
+                   context_lengths: dict[str, int] | None = None, width: int = ANSWER_WIDTH) -> list[str]:
+    """The parent-run metrics the runs table shows (:func:`analysis.record.answer_metric`), of those `logged` on
+    the parent run: for each arm but the baseline, its speedup at the targets with the interval's bounds,
+    then each arm's final validation loss. Targets are taken from the hardest (lowest loss) with a speedup
+    logged while all these columns fit in `width` pixels, at least one, and shown in the experiment's order.
+    ``context_lengths`` (arm -> context length) is given when the arms differ in it: the names then carry
+    it, as the answer's do."""
+    def name(arm: str, quantity: str, target: float | None = None) -> str:
+        return record.answer_metric(arm, quantity, target, (context_lengths or {}).get(arm))
+
+    others = [a for a in arms if a != baseline]
+    final = [c for c in (name(arm, record.ANSWER_FINAL_LOSS) for arm in arms) if c in logged]
+
+    def columns(shown: list[float]) -> list[str]:
+        every = [name(arm, q, t) for arm in others for t in targets if t in shown
+                 for q in record.ANSWER_SPEEDUP_WITH_INTERVAL]
+        return [c for c in every if c in logged] + final
+
+    shown: list[float] = []
+    for target in sorted(t for t in targets if columns([t]) != final):  # the hardest first
+        if shown and sum(map(column_width, columns(shown + [target]))) > width:
+            break
+        shown.append(target)
+    return columns(shown)
+
+
+def runs_view(columns: Sequence[str]) -> dict[str, Any]:
+    """The shared view of the runs table (tag :data:`analysis.record.TAG_RUNS_VIEW`): newest runs first, with
+    MLflow's run name and created columns, then the parent-run metrics `columns` (:func:`answer_columns`) wide
+    enough for their names, and no other metric or param, so the answer is on screen beside each parent run;
+    its child runs are under the parent's expander (MLflow keeps which parents are expanded in the browser,
+    not in a view)."""
+    metrics = [f"metrics.`{c}`" for c in columns]
+    return {"orderByKey": "attributes.start_time", "orderByAsc": False, "selectedColumns": metrics,
+            "columnOrder": [RUN_NAME_COLUMN, CREATED_COLUMN, *metrics],
+            "columnWidths": {RUN_NAME_COLUMN: RUN_NAME_WIDTH, CREATED_COLUMN: CREATED_WIDTH,
+                             **{m: column_width(c) for m, c in zip(metrics, columns)}}}
+
+
+def runs_view_json(columns: Sequence[str]) -> str:
+    return json.dumps(runs_view(columns), separators=(",", ":"))

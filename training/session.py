@@ -12,6 +12,7 @@ lineage goes to `datgpt.init_from*` tags of its child run.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -27,10 +28,12 @@ from training.data.corpus import Splits
 from training.data.tokenizer import UNIT as TOKENIZER_UNIT
 from training.distributed import DistInfo, barrier, broadcast_object
 from training.errors import UsageError
+from training.mlflow_view import answer_columns, runs_view_json
 from training.resume import check_resumable, find_invocation, resolve_init_from
 from training.runtime import measure_peak_flops, resolve_runtime
 from training.tracking import NullTracker, Tracker, TrackingError, git_commit
-from training.trainer import ArmResult, CheckpointPlan, Preempted, StopFlag, TrainingDiverged, train_arm
+from training.trainer import (ArmResult, CheckpointPlan, Preempted, StopFlag, TrainingDiverged, final_model,
+                              train_arm)
 
 
 def check_runtime(cfg: ExperimentConfig, dist: DistInfo, processes: str | None = None) -> dict:
@@ -114,36 +117,57 @@ def run_experiment(cfg: ExperimentConfig, splits: Splits, dist: DistInfo, *, pro
     session = _Session(cfg, splits, dist, runtimes, invocation, init_sources, tracker, parent_id, experiment_id,
                        progress, stop)
     session.eval_tasks = eval_tasks
-    status = "FINISHED"
+    status = "FAILED"  # what the parent run becomes if anything below raises
     try:
         best = session.search_learning_rates()
         for unit in sweep.main_units(cfg, best):
             session.train(unit)
+        with _stop_at_once(stop, dist):  # the report: no step is left to stop at
+            failed = sum(r is None for r in session.results.values())
+            dist.print(f"\n{cfg.name}: {len(session.results)} runs ({failed} failed)")
+            if dist.is_main:
+                _print_and_log_answer(tracker, cfg, parent_id)
+                _set_runs_view(tracker, cfg, experiment_id, parent_id)
+            tracker.finish(parent_id, "FINISHED")
+            status = "FINISHED"
+            if invocation is not None and dist.is_main:
+                invocation.finished = True
+                invocation.save()
     except Preempted as err:
         status = "KILLED"
         return 128 + err.signum
     except KeyboardInterrupt:
         status = "KILLED"
         raise
-    except BaseException:
-        status = "FAILED"
-        raise
     finally:
         if status != "FINISHED":
             tracker.finish(parent_id, status)
 
-    failed = sum(r is None for r in session.results.values())
-    dist.print(f"\n{cfg.name}: {len(session.results)} runs ({failed} failed)")
-    if dist.is_main:
-        _print_and_log_answer(tracker, cfg, parent_id)
-    tracker.finish(parent_id, "FINISHED")
-    if invocation is not None and dist.is_main:
-        invocation.finished = True
-        invocation.save()
     dist.print(f"\nFigures and tables: python -m analysis figures --experiment {cfg.experiment_name}\n"
                f"Runs in MLflow: {tracker.runs_url(experiment_id)}\n"
                f"Curves in MLflow: {tracker.curves_url(experiment_id)}")
     return 0
+
+
+@contextlib.contextmanager
+def _stop_at_once(stop: StopFlag | None, dist: DistInfo):
+    """After the last unit (the report, finishing the parent run) a SIGTERM or Ctrl-C stops at once, with
+    `Preempted` (StopFlag.at_once), rather than after a step: the parent run is marked KILLED and the same
+    command finishes the invocation (every unit is trained, so only the report is made again)."""
+    if stop is None:
+        yield
+        return
+    where = "during the report (every run is trained)"
+    try:
+        if stop.signum:  # it came during the last unit's end of run
+            raise Preempted(stop.signum, None, where)
+        stop.at_once = where
+        yield
+    except Preempted as err:
+        dist.print(f"\n{err}. Run the same command again to finish.", file=sys.stderr)
+        raise
+    finally:
+        stop.at_once = None
 
 
 def _open_parent(cfg: ExperimentConfig, dist: DistInfo, tracker, invocation: Invocation | None,
@@ -180,6 +204,20 @@ def _open_parent(cfg: ExperimentConfig, dist: DistInfo, tracker, invocation: Inv
     tracker.log_text(parent_id, cfg.to_yaml(), record.CONFIG_ARTIFACT)
     dist.print(f"MLflow: experiment {cfg.experiment_name!r}, parent run {parent_id} ({tracker.uri})")
     return experiment_id, parent_id
+
+
+def _set_runs_view(tracker: Tracker, cfg: ExperimentConfig, experiment_id: str, parent_id: str) -> None:
+    """Rank 0, once the answer is logged: the runs table's shared view shows it (the answer metrics the parent
+    run holds that `answer_columns` picks), for the runs link the runner prints."""
+    contexts = {arm.name: arm.model.context_length for arm in cfg.arms}
+    several = len(set(contexts.values())) > 1  # the answer's names then carry the context length
+    try:
+        columns = answer_columns([arm.name for arm in cfg.arms], cfg.baseline_arm, cfg.targets,
+                                 tracker.metrics(parent_id), contexts if several else None)
+        tracker.set_runs_view(experiment_id, runs_view_json(columns))
+    except Exception as err:  # the answer is logged; the view is a convenience
+        print(f"warning: could not store the runs table's view on the experiment ({type(err).__name__})",
+              file=sys.stderr)
 
 
 def _print_and_log_answer(tracker: Tracker, cfg: ExperimentConfig, parent_id: str) -> None:
@@ -266,6 +304,9 @@ class _Session:
             self.results[unit.key] = ArmResult.from_state(state["result"])
             self.run_ids[unit.key] = state["run_id"]
             dist.print(f"{unit.label}: finished earlier ({state['path']}), not trained again")
+            self._supersede_others(unit, state["run_id"])
+            if dist.is_main and self.tracker.run_status(state["run_id"]) != "FINISHED":
+                self._finish_end_of_run(unit, state)  # the process died after its final checkpoint
             return self.results[unit.key]
         branch_state = None
         if state is None and unit.branch_of is not None:
@@ -296,6 +337,9 @@ class _Session:
                                init_state=pretrained.weights() if pretrained is not None else None,
                                desc=unit.label, diagnostics=cfg.tracking.log_diagnostics,
                                downstream=self._downstream(runtime, child_id))
+            logger.flush(wait=True)  # the final metrics are in the run before the model links to them
+            if dist.is_main:  # samples and the model are made on rank 0 only
+                end_of_run(self.tracker, cfg, arm, seed, result, child_id, self.experiment_id, plan, runtime)
         except TrainingDiverged as err:  # this unit stops; the others still run
             dist.print(f"\nwarning: {err}; run marked FAILED", file=sys.stderr)
             self.tracker.set_tag(child_id, record.TAG_FAILURE, str(err))
@@ -312,9 +356,6 @@ class _Session:
         except BaseException:
             _close(logger, "KILLED" if isinstance(sys.exc_info()[1], KeyboardInterrupt) else "FAILED")
             raise
-        logger.flush(wait=True)  # the final metrics are in the run before the model links to them
-        if dist.is_main:  # samples and the model are made on rank 0 only
-            end_of_run(self.tracker, cfg, arm, seed, result, child_id, self.experiment_id, plan, runtime)
         result.model = result.diagnostics = None  # results outlive the loop: keep no model (or GPU memory)
         _close(logger, "FINISHED")
         self.results[unit.key] = result
@@ -344,7 +385,31 @@ class _Session:
                 tracker.copy_history(branch_state["run_id"], child_id, unit.branch_step)
                 self.dist.print(f"{unit.key}: cooldown branch of {unit.branch_of} from step {unit.branch_step}")
         self.run_ids[unit.key] = child_id
+        self._supersede_others(unit, child_id)
         return child_id
+
+    def _supersede_others(self, unit: sweep.Unit, child_id: str | None) -> None:
+        """Earlier child runs of `unit` under this parent run other than `child_id`, the one the invocation
+        continues: a process that died before the unit's first checkpoint left them (RUNNING if killed, FAILED
+        after an exception). They are tagged superseded by `child_id` and, if still RUNNING, marked KILLED."""
+        superseded = self.tracker.supersede_others(self.experiment_id, self.parent_id, unit.key, child_id)
+        if superseded:
+            self.dist.print(f"{unit.label}: earlier run{'s' if len(superseded) > 1 else ''} {', '.join(superseded)} "
+                            f"of this unit (stopped before its first checkpoint) marked superseded by {child_id}")
+
+    def _finish_end_of_run(self, unit: sweep.Unit, state: dict) -> None:
+        """Rank 0: the end of run of a unit whose final checkpoint was written but whose child run was not
+        closed (the process died in between, e.g. while logging the model): the same artifacts from the
+        checkpoint's weights, then the run is FINISHED."""
+        cfg, arm, runtime = self.cfg, unit.arm, self.runtimes[unit.arm.name]
+        result = ArmResult.from_state(state["result"])
+        result.model, result.diagnostics = final_model(arm, state, self.splits, runtime,
+                                                        diagnostics=cfg.tracking.log_diagnostics)
+        plan = CheckpointPlan(self.invocation.folder / unit.key, cfg.checkpoint.every_tokens, cfg.checkpoint.keep_last,
+                              identity={})
+        self.dist.print(f"{unit.label}: its run {state['run_id']} was not closed; logging its end of run now")
+        end_of_run(self.tracker, cfg, arm, unit.seed, result, state["run_id"], self.experiment_id, plan, runtime)
+        self.tracker.finish(state["run_id"], "FINISHED")
 
     def _downstream(self, runtime, child_id: str | None):
         """The `eval` section's plan for one child run (rank 0), logging each results JSON to it."""

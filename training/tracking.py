@@ -112,6 +112,18 @@ class NullTracker:
     def reopen(self, run_id) -> None:
         pass
 
+    def run_status(self, run_id) -> None:
+        return None
+
+    def metrics(self, run_id) -> dict[str, float]:
+        return {}
+
+    def supersede_others(self, experiment_id, parent_id, run_name: str, run_id) -> list[str]:
+        return []
+
+    def set_runs_view(self, experiment_id, view: str) -> None:
+        pass
+
     def runs_url(self, experiment_id) -> str:
         return ""
 
@@ -195,10 +207,17 @@ class Tracker:
     def log_artifacts(self, run_id: str, folder: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(run_id, str(folder), artifact_path)
 
+    def set_runs_view(self, experiment_id: str, view: str) -> None:
+        """Store the runs table's shared view (training/mlflow_view.py `runs_view`) on the experiment."""
+        if self.client.get_experiment(experiment_id).tags.get(record.TAG_RUNS_VIEW) != view:
+            self.client.set_experiment_tag(experiment_id, record.TAG_RUNS_VIEW, view)
+
     def runs_url(self, experiment_id: str) -> str:
-        """Where the experiment's runs table opens: the server itself, or `mlflow ui`'s default address for a
-        local store (with the command that serves it)."""
-        return self._url(f"#/experiments/{experiment_id}?workflowType=machine_learning")
+        """Where the experiment's runs table opens, with the shared view :func:`runs_view` (the answer's
+        columns beside each parent run): the server itself, or `mlflow ui`'s default address for a local
+        store (with the command that serves it)."""
+        return self._url(f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+                         f"&viewStateShareKey={record.RUNS_VIEW_KEY}&compareRunsMode=TABLE")
 
     def curves_url(self, experiment_id: str) -> str:
         """Where the experiment's training curves open: the runs page in chart mode with the shared view
@@ -245,6 +264,30 @@ class Tracker:
     def reopen(self, run_id: str) -> None:
         """Mark a run RUNNING again to continue it (resume)."""
         self.client.update_run(run_id, status="RUNNING")
+
+    def run_status(self, run_id: str) -> str:
+        return self.client.get_run(run_id).info.status
+
+    def metrics(self, run_id: str) -> dict[str, float]:
+        """A run's metrics, the last value of each."""
+        return self.client.get_run(run_id).data.metrics
+
+    def supersede_others(self, experiment_id: str, parent_id: str, run_name: str, run_id: str) -> list[str]:
+        """Tag every child run of `parent_id` named `run_name` but `run_id` (and not superseded yet) as
+        superseded by `run_id`, and mark those still RUNNING as KILLED; returns their ids, oldest first."""
+        query = (f"tags.`{record.TAG_PARENT}` = '{parent_id}' AND tags.`{record.TAG_ROLE}` = '{record.ROLE_CHILD}' "
+                 f"AND attributes.run_name = '{run_name}'")
+        runs = self.client.search_runs([experiment_id], query, order_by=["attributes.start_time ASC"],
+                                       max_results=1000)
+        superseded = []
+        for run in runs:
+            if run.info.run_id == run_id or record.TAG_SUPERSEDED_BY in run.data.tags:
+                continue
+            self.client.set_tag(run.info.run_id, record.TAG_SUPERSEDED_BY, run_id)
+            if run.info.status in ("RUNNING", "SCHEDULED"):
+                self.client.set_terminated(run.info.run_id, status="KILLED")
+            superseded.append(run.info.run_id)
+        return superseded
 
 
 def main(argv: list[str] | None = None) -> int:

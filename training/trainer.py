@@ -40,25 +40,32 @@ class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
-class Preempted(RuntimeError):
-    """SIGTERM or SIGINT arrived; a checkpoint was saved (when enabled) before this was raised."""
+class Preempted(BaseException):
+    """SIGTERM or SIGINT arrived: raised after the checkpoint of the current step (when enabled), or at once
+    outside the step loop (`StopFlag.at_once`). Like KeyboardInterrupt it is no `Exception`, so no
+    `except Exception` on its way (the report's, MLflow's) takes it for an error and goes on."""
 
-    def __init__(self, signum: int, checkpoint: str | None):
+    def __init__(self, signum: int, checkpoint: str | None, where: str | None = None):
         self.signum, self.checkpoint = signum, checkpoint
-        where = f"checkpoint saved at {checkpoint}" if checkpoint else "no checkpoint (checkpoint.enabled is false)"
+        where = where or (f"checkpoint saved at {checkpoint}" if checkpoint
+                          else "no checkpoint (checkpoint.enabled is false)")
         super().__init__(f"stopped by signal {signum}; {where}")
 
 
 class StopFlag:
-    """Set from a signal handler; the loop checks it between steps (all ranks agree on log steps)."""
+    """Set from a signal handler; the loop checks it between steps (all ranks agree on log steps). Where no
+    step loop runs (the report after the last unit), `at_once` says so and a signal raises `Preempted` there."""
 
     def __init__(self):
         self.signum = 0
+        self.at_once: str | None = None  # e.g. "during the report": stop at once, saying where
 
     def request(self, signum: int, frame=None) -> None:
         if self.signum == signal.SIGINT and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
         self.signum = signum
+        if self.at_once:
+            raise Preempted(signum, None, self.at_once)
 
 
 @dataclass
@@ -163,6 +170,27 @@ def train_arm(arm: ArmConfig, seed: int, splits: Splits, dist: DistInfo, logger,
                         diagnostics=diagnostics, downstream=downstream).run(progress, desc)
 
 
+def final_model(arm: ArmConfig, state: dict, splits: Splits, runtime: Runtime, diagnostics: bool = False):
+    """The model of an arm's final checkpoint `state` on `runtime`'s device, and (with `diagnostics`) its
+    hypersphere diagnostics as the run's last evaluation computed them: what `train_arm`'s result holds at
+    the end, for a run whose end of run was cut short (training/session.py)."""
+    model = build_model(arm.model)
+    model.load_state_dict(state["model"])
+    model.to(runtime.device)
+    if not diagnostics:
+        return model, None
+    val_x, _ = val_windows(splits.val, arm.model.context_length, arm.train.eval_tokens)
+    return model, _diagnostics(model, val_x, runtime)
+
+
+def _diagnostics(model, val_x: torch.Tensor, runtime: Runtime):
+    """The hypersphere diagnostics of `model` on the first validation windows (rank 0)."""
+    from training.model_diagnostics import compute_diagnostics
+
+    with runtime.autocast:
+        return compute_diagnostics(model, val_x[:DIAGNOSTIC_WINDOWS].to(runtime.device))
+
+
 class _ArmTraining:
     """The state of one `train_arm` call, in units: set-up (here), one optimizer step (`step`), the
     reduction at log steps (`sync`), its metrics (`step_metrics`), evaluation (`evaluate`), downstream
@@ -222,11 +250,7 @@ class _ArmTraining:
         self.postfix["val"] = f"{val_loss:.3f}"
         metrics = {record.VAL_LOSS: val_loss}
         if self.diagnostics and self.dist.is_main:  # weights are the same on every rank; no collectives inside
-            from training.model_diagnostics import compute_diagnostics
-
-            with runtime.autocast:
-                result.diagnostics = compute_diagnostics(self.model,
-                                                         self.val_x[:DIAGNOSTIC_WINDOWS].to(runtime.device))
+            result.diagnostics = _diagnostics(self.model, self.val_x, runtime)
             metrics.update(result.diagnostics.summary())  # a few metrics; the per-layer values as a table
             self.logger.log_text(result.diagnostics.table_json(step, step * self.tokens_per_step),
                                  record.diagnostics_artifact(step))
