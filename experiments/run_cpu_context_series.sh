@@ -7,7 +7,8 @@
 # 1. prepares shards/fineweb_legal with experiments/prepare_fineweb_legal.sh: from a local copy of the parquet
 #    files in $DATGPT_DATA_DIR/fineweb/fineweb_legal_batches/ if there is one, else downloaded through `datasets`
 #    (deterministic, ~5 s; the shards' SHA-256 is checked; a finished folder is left as it is);
-# 2. runs experiments/cpu_context_64.yaml, _256.yaml, _1024.yaml in this order into ONE MLflow store
+# 2. runs experiments/cpu_context_64.yaml, _256.yaml, _1024.yaml in this order (experiments/run_series.sh,
+#    which says how it resumes and skips) into ONE MLflow store
 #    (default sqlite:///mlflow.db in the checkout, git-ignored) and one MLflow experiment,
 #    cpu_context_series; each YAML has its own checkpoint.dir (checkpoints/cpu_context_<L>, git-ignored);
 # 3. draws the figures and tables: python -m analysis figures --experiment cpu_context_series --baseline gpt
@@ -31,38 +32,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-export MLFLOW_TRACKING_URI="${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}"
-CONTEXTS="${CONTEXTS:-64 256 1024}"
-NICE="${NICE:-0}"
-log() { echo "[$(date -u +%FT%TZ)] $*"; }
-
-log "tracking store: $MLFLOW_TRACKING_URI; python $(python -c 'import sys; print(sys.version.split()[0])'), torch $(python -c 'import torch; print(torch.__version__)'); $(nproc) cores; load: $(cut -d' ' -f1-3 /proc/loadavg)"
-log "shards: experiments/prepare_fineweb_legal.sh"
 experiments/prepare_fineweb_legal.sh
-
-for pass in ${PASSES:-default gpt_qk}; do
-    for L in $CONTEXTS; do
-        yaml="experiments/cpu_context_$L.yaml"
-        ckpt="checkpoints/cpu_context_$L"
-        args=()
-        label="$yaml"
-        if [ "$pass" != default ]; then
-            ckpt="checkpoints/cpu_context_${L}_${pass//,/_}"
-            args=(--arms "$pass" --set "checkpoint.dir=$ckpt")
-            label="$yaml --arms $pass"
-        fi
-        if grep -ls '"finished": true' "$ckpt/cpu_context_series/"*/invocation.json >/dev/null 2>&1; then
-            log "$label: finished earlier ($ckpt), skipped"
-            continue
-        fi
-        log "$label: start (load $(cut -d' ' -f1-3 /proc/loadavg))"
-        # shellcheck disable=SC2086
-        nice -n "$NICE" python runner.py "$yaml" --no-progress "${args[@]}" ${RUNNER_ARGS:-}
-        log "$label: done"
-    done
-    # --baseline gpt: a --arms gpt_qk invocation tags its parent run with baseline gpt_qk (the only arm it
-    # trains), and the analysis would otherwise take the most recent parent's baseline
-    log "figures ($pass pass): python -m analysis figures --experiment cpu_context_series --baseline gpt"
-    python -m analysis figures --experiment cpu_context_series --baseline gpt
-done
-log "all done"
+yamls=()
+for L in ${CONTEXTS:-64 256 1024}; do yamls+=("experiments/cpu_context_$L.yaml"); done
+PASSES="${PASSES:-default gpt_qk}" exec experiments/run_series.sh cpu_context_series "${yamls[@]}"
