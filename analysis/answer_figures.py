@@ -148,7 +148,7 @@ def _categorical_targets(ax: Any, targets: Sequence[float]) -> None:
     for k in range(1, len(targets)):
         ax.axvline(k - 0.5, color="0.85", linewidth=0.6, zorder=0)
     ax.set_xlim(-0.5, len(targets) - 0.5)
-    ax.set_xlabel("target val. loss (nats/token)")
+    ax.set_xlabel(f"target val. loss (nats/{summary.attrs.get('loss_unit', 'token')})")
 
 
 def fig_speedup_vs_context(summary: pd.DataFrame, styles: dict[str, ArmStyle],

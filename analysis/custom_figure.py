@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from analysis import record
 from analysis.errors import EXIT_BAD_INPUT, AnalysisError, OneLineParser
-from analysis.style import arm_styles, save_figure, style_context
+from analysis.style import arm_styles, loss_label, save_figure, style_context
 from analysis.load import load_experiment
 from analysis.report import default_out_dir
 
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         for target in data.targets:
             ax.axhline(target, color="0.4", linewidth=0.8, linestyle=":")
         ax.set_xlabel("training time (s)")
-        ax.set_ylabel("validation loss (nats/token)")
+        ax.set_ylabel(loss_label(data.loss_unit))
         ax.legend(loc="upper right", fontsize=6)
 
     out = args.out if args.out is not None else default_out_dir(args.experiment)

@@ -51,7 +51,7 @@ from analysis.curves import (
 )
 from analysis.answer_figures import fig_speedup_vs_context, fig_tokens_to_target
 from analysis.errors import AnalysisWarning
-from analysis.style import (LOSS_LABEL, TOKENS_LABEL, ArmStyle, NotApplicable, arm_styles, caption, format_tokens,
+from analysis.style import (TOKENS_LABEL, ArmStyle, NotApplicable, arm_styles, caption, format_tokens, loss_label,
                             markevery, ordered_arms, save_figure, style_context, target_lines, thin, tokens_axis)
 
 __all__ = ["FigureOutput", "make_figures"]
@@ -100,7 +100,7 @@ def _seeds_note(counts: dict[str, int]) -> str:
 
 
 def fig_val_loss(frame: pd.DataFrame, targets: Sequence[float], styles: dict[str, ArmStyle],
-                 x: str = "tokens") -> Figure:
+                 x: str = "tokens", unit: str = "token") -> Figure:
     """Validation loss vs tokens (or vs ``elapsed_s``), mean over seeds with a min..max band."""
     runs = curve_runs(frame[frame["metric"] == record.VAL_LOSS])
     band = mean_over_seeds(runs, record.VAL_LOSS, x=x)
@@ -126,7 +126,7 @@ def fig_val_loss(frame: pd.DataFrame, targets: Sequence[float], styles: dict[str
         tokens_axis(ax.xaxis)
     else:
         ax.set_xlabel("training time (s)")
-    ax.set_ylabel(LOSS_LABEL)
+    ax.set_ylabel(loss_label(unit))
     handles, labels = ax.get_legend_handles_labels()
     if any_band:
         from matplotlib.patches import Patch
@@ -143,7 +143,7 @@ def fig_val_loss(frame: pd.DataFrame, targets: Sequence[float], styles: dict[str
 
 
 def fig_final_loss_vs_budget(frame: pd.DataFrame, summary: pd.DataFrame,
-                             targets: Sequence[float], styles: dict[str, ArmStyle]) -> Figure:
+                             targets: Sequence[float], styles: dict[str, ArmStyle], unit: str = "token") -> Figure:
     """Budget mode: final validation loss vs token budget per arm (log x)."""
     fl = final_losses(frame)
     fl = fl[pd.to_numeric(fl["budget"], errors="coerce").notna()]
@@ -181,7 +181,7 @@ def fig_final_loss_vs_budget(frame: pd.DataFrame, summary: pd.DataFrame,
         ax.xaxis.set_minor_locator(NullLocator())
     target_lines(ax, targets, where="right")
     ax.set_xlabel("token budget (tokens, log scale)")
-    ax.set_ylabel("final " + LOSS_LABEL)
+    ax.set_ylabel("final " + loss_label(unit))
     ax.legend(loc="best")
     caption(fig, ("Mean over seeds at each budget, bars = min..max over seeds" if most_seeds > 1 else
                   "One seed per budget (n = 1), so no bars") +
@@ -189,7 +189,7 @@ def fig_final_loss_vs_budget(frame: pd.DataFrame, summary: pd.DataFrame,
     return fig
 
 
-def fig_train_loss_lr(frame: pd.DataFrame, styles: dict[str, ArmStyle]) -> Figure:
+def fig_train_loss_lr(frame: pd.DataFrame, styles: dict[str, ArmStyle], unit: str = "token") -> Figure:
     """Training loss (top) and learning rate (bottom) vs tokens."""
     runs = curve_runs(frame[frame["metric"].isin([record.TRAIN_LOSS, record.LR])])
     tl = mean_over_seeds(runs, record.TRAIN_LOSS) if not runs.empty else pd.DataFrame()
@@ -213,7 +213,7 @@ def fig_train_loss_lr(frame: pd.DataFrame, styles: dict[str, ArmStyle]) -> Figur
             label = arm if seeds[arm] <= 1 else f"{arm} (mean of {seeds[arm]} seeds)"
             ax.plot(xs, ys, label=label, markevery=markevery(i), **styles[arm].line_kwargs())
         if name == record.TRAIN_LOSS:
-            ax.set_ylabel("training loss (nats/token)")
+            ax.set_ylabel(loss_label(unit, "training"))
             if window > 1:
                 ax.annotate(f"moving average over {window} logged steps", xy=(0.99, 0.97),
                             xycoords="axes fraction", ha="right", va="top", fontsize=7,
@@ -242,9 +242,11 @@ def make_figures(frame: pd.DataFrame, summary: pd.DataFrame, targets: Sequence[f
     """Write every figure that applies into ``out_dir`` (PNG + PDF); never raises for a figure.
 
     A figure that does not apply is recorded in ``skipped``; one that fails unexpectedly is recorded
-    there too and reported with an :class:`~analysis.errors.AnalysisWarning`.
+    there too and reported with an :class:`~analysis.errors.AnalysisWarning`. Loss axes are labelled in the
+    summary's ``loss_unit`` (nats per token or per byte).
     """
     out = FigureOutput()
+    unit = summary.attrs.get("loss_unit", "token")
     out_dir = Path(out_dir)
     targets = [float(t) for t in targets]
     styles = arm_styles(frame["arm"].dropna().unique().tolist(), baseline_arm)
@@ -271,12 +273,12 @@ def make_figures(frame: pd.DataFrame, summary: pd.DataFrame, targets: Sequence[f
         else:
             c = pd.to_numeric(summary["context_length"], errors="coerce")
             summ = summary[(c.isna() if ctx is None else c == ctx).to_numpy(dtype=bool)]
-        attempt(f"val_loss_vs_tokens{sfx}", lambda: fig_val_loss(sub, targets, styles, "tokens"))
-        attempt(f"val_loss_vs_time{sfx}", lambda: fig_val_loss(sub, targets, styles, "elapsed_s"))
+        attempt(f"val_loss_vs_tokens{sfx}", lambda: fig_val_loss(sub, targets, styles, "tokens", unit))
+        attempt(f"val_loss_vs_time{sfx}", lambda: fig_val_loss(sub, targets, styles, "elapsed_s", unit))
         attempt(f"tokens_to_target{sfx}", lambda: fig_tokens_to_target(summ, styles, baseline_arm))
         attempt(f"final_loss_vs_budget{sfx}",
-                lambda: fig_final_loss_vs_budget(sub, summ, targets, styles))
-        attempt(f"train_loss_lr_vs_tokens{sfx}", lambda: fig_train_loss_lr(sub, styles))
+                lambda: fig_final_loss_vs_budget(sub, summ, targets, styles, unit))
+        attempt(f"train_loss_lr_vs_tokens{sfx}", lambda: fig_train_loss_lr(sub, styles, unit))
     attempt("speedup_vs_context_length",
             lambda: fig_speedup_vs_context(summary, styles, baseline_arm))
     return out

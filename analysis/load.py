@@ -104,6 +104,7 @@ class ExperimentData:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     cooldown_frame: pd.DataFrame | None = None
     lr_search: pd.DataFrame | None = None
+    loss_unit: str = record.LOSS_UNIT_DEFAULT  # "token" or "byte": the parent runs' datgpt.loss_unit tag
 
     @property
     def arms(self) -> list[str]:
@@ -251,6 +252,10 @@ def load_experiment(
         warn(f"no {record.TAG_BASELINE} tag on the parent run(s); using {baseline!r} as baseline")
     if not targets:
         warn(f"no {record.TAG_TARGETS} tag on the parent run(s); no targets to summarise")
+    units = list(dict.fromkeys(p.loss_unit for p in ordered))
+    if len(units) > 1:
+        warn(f"parent runs mix tokenizers (losses per {' and per '.join(units)}); their losses are not comparable, "
+             f"labelled per {units[0]} as the most recent one")
 
     return ExperimentData(
         experiment=experiment,
@@ -264,6 +269,7 @@ def load_experiment(
         skipped=skipped,
         cooldown_frame=cooldown_frame,
         lr_search=lr_search,
+        loss_unit=units[0] if units else record.LOSS_UNIT_DEFAULT,
     )
 
 

@@ -84,7 +84,7 @@ def summarize_experiment(
         raise AnalysisError(f"unknown baseline arm {baseline_arm!r}; arms: "
                             + ", ".join(sorted(set(data.runs["arm"]))))
     summary = summarize(data.frame, data.targets, data.baseline_arm, mode=mode, level=level,
-                        n_resamples=n_resamples, seed=seed)
+                        n_resamples=n_resamples, seed=seed, loss_unit=data.loss_unit)
     return data, summary
 
 
@@ -163,7 +163,7 @@ def _sweep_outputs(data: ExperimentData, summary: pd.DataFrame, report: Report, 
         for stem, name, args in attempts:
             try:
                 with style_context():
-                    fig = getattr(sweep_figures, name)(*args, styles)
+                    fig = getattr(sweep_figures, name)(*args, styles, data.loss_unit)
                 written += save_figure(fig, out_dir, stem)
             except NotApplicable as exc:
                 report.skipped_figures.append((stem, str(exc)))

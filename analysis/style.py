@@ -59,8 +59,13 @@ STYLE: dict[str, Any] = {
     "figure.dpi": 100,
 }
 
-LOSS_LABEL = "validation loss (nats/token)"
 TOKENS_LABEL = "training tokens"
+
+
+def loss_label(unit: str = "token", what: str = "validation") -> str:
+    """An axis label with the loss's unit: nats per token (GPT-2 BPE) or per byte (the bytes tokenizer), as
+    the runs' parent tag ``datgpt.loss_unit`` says (``ExperimentData.loss_unit``)."""
+    return f"{what} loss (nats/{unit})"
 _TARGET_LINE = dict(color="0.35", linewidth=0.8, linestyle=(0, (1, 2)), zorder=1)
 _MAX_LINE_POINTS = 4000
 

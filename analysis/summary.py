@@ -155,11 +155,11 @@ def _val_rows(frame: "pd.DataFrame") -> "pd.DataFrame":
     return val
 
 
-def _empty(targets: list[float], baseline_arm: str, level: float) -> "pd.DataFrame":
+def _empty(targets: list[float], baseline_arm: str, level: float, loss_unit: str) -> "pd.DataFrame":
     import pandas as pd
 
     out = pd.DataFrame({c: pd.Series(dtype=object) for c in SUMMARY_COLUMNS})
-    out.attrs.update(baseline_arm=baseline_arm, targets=targets, ci_level=level)
+    out.attrs.update(baseline_arm=baseline_arm, targets=targets, ci_level=level, loss_unit=loss_unit)
     return out
 
 
@@ -172,6 +172,7 @@ def summarize(
     level: float = 0.95,
     n_resamples: int = 10_000,
     seed: int = 0,
+    loss_unit: str = "token",
 ) -> "pd.DataFrame":
     """One row per (context length, target, arm): tokens/seconds to target and speedups (module docstring).
 
@@ -184,6 +185,8 @@ def summarize(
     budgets (``train.tokens``), else **curve mode** on each arm's largest budget (with a warning when
     only some arms have several); ``"curve"``/``"budget"`` force one. ``final_val_loss`` is the last
     validation loss of the largest budget and ``best_val_loss`` the lowest seen, each a mean over seeds.
+    ``loss_unit`` ("token" or "byte", ``ExperimentData.loss_unit``) only labels the tables and figures drawn
+    from the result (``attrs``).
     """
     import pandas as pd
 
@@ -191,10 +194,10 @@ def summarize(
         raise ValueError(f"mode must be 'auto', 'curve' or 'budget', got {mode!r}")
     target_list = [float(t) for t in targets]
     if frame is None or len(frame) == 0 or "metric" not in frame:
-        return _empty(target_list, baseline_arm, level)
+        return _empty(target_list, baseline_arm, level, loss_unit)
     val = _val_rows(frame)
     if val.empty:
-        return _empty(target_list, baseline_arm, level)
+        return _empty(target_list, baseline_arm, level, loss_unit)
 
     ctx_values = sorted(val["_ctx"].dropna().unique().tolist())
     if val["_ctx"].isna().any():
@@ -215,7 +218,7 @@ def summarize(
     for col in SUMMARY_COLUMNS:
         if col not in text_cols and not col.startswith("n_") and not col.endswith("_bound"):
             out[col] = out[col].astype(float)
-    out.attrs.update(baseline_arm=baseline_arm, targets=target_list, ci_level=level)
+    out.attrs.update(baseline_arm=baseline_arm, targets=target_list, ci_level=level, loss_unit=loss_unit)
     return out
 
 

@@ -10,12 +10,12 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
 from analysis.curves import final_losses
-from analysis.style import LOSS_LABEL, ArmStyle, NotApplicable, format_tokens, ordered_arms, target_lines, tokens_axis
+from analysis.style import ArmStyle, NotApplicable, format_tokens, loss_label, ordered_arms, target_lines, tokens_axis
 
 __all__ = ["fig_lr_search", "fig_cooldown_vs_full"]
 
 
-def fig_lr_search(table: pd.DataFrame, styles: dict[str, ArmStyle]) -> Figure:
+def fig_lr_search(table: pd.DataFrame, styles: dict[str, ArmStyle], unit: str = "token") -> Figure:
     """Mean final validation loss against the learning rate (log x), one line per arm and search
     budget (and context length, when the table spans several: each length has its own search, drawn
     with its own line style); the chosen rate is circled, diverged rates are marked x at the top of the axes."""
@@ -56,14 +56,14 @@ def fig_lr_search(table: pd.DataFrame, styles: dict[str, ArmStyle]) -> Figure:
     ax.set_xticks(grid, [f"{v:g}" for v in grid], rotation=45 if len(grid) > 4 else 0)  # exactly the rates run
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("peak learning rate (log scale)")
-    ax.set_ylabel("final " + LOSS_LABEL)
+    ax.set_ylabel("final " + loss_label(unit))
     ax.set_title("learning-rate search (circled: chosen; x: diverged)", fontsize=8)
     ax.legend(loc="best", fontsize=6 if len(ctxs) > 1 else None)
     return fig
 
 
 def fig_cooldown_vs_full(frame: pd.DataFrame, cooldown_frame: pd.DataFrame | None, targets: Sequence[float],
-                         styles: dict[str, ArmStyle]) -> Figure:
+                         styles: dict[str, ArmStyle], unit: str = "token") -> Figure:
     """Final validation loss against the budget: full runs (solid) and WSD cooldown branches (dotted,
     open markers), mean over seeds, per arm."""
     if cooldown_frame is None or cooldown_frame.empty:
@@ -88,6 +88,6 @@ def fig_cooldown_vs_full(frame: pd.DataFrame, cooldown_frame: pd.DataFrame | Non
         ax.xaxis.set_minor_locator(NullLocator())
     target_lines(ax, targets, where="right")
     ax.set_xlabel("token budget (tokens, log scale)")
-    ax.set_ylabel("final " + LOSS_LABEL)
+    ax.set_ylabel("final " + loss_label(unit))
     ax.legend(loc="best", fontsize=7)
     return fig

@@ -149,8 +149,9 @@ def _notes(summary: pd.DataFrame) -> str:
     if baseline is None and not summary.empty and summary["is_baseline"].any():
         baseline = summary.loc[summary["is_baseline"], "arm"].iloc[0]
     level = float(summary.attrs.get("ci_level", 0.95))
+    unit = summary.attrs.get("loss_unit", "token")
     if summary.empty or summary["target"].isna().all():
-        return "Validation loss (nats/token), mean over seeds: final = at the end of the largest budget, " \
+        return f"Validation loss (nats/{unit}), mean over seeds: final = at the end of the largest budget, " \
                "best = lowest seen. No targets were set, so no tokens to target."
     modes = sorted(summary["mode"].unique())
     mode_txt = {
@@ -160,7 +161,7 @@ def _notes(summary: pd.DataFrame) -> str:
                   "in log tokens)",
     }
     parts = [
-        "Target: validation loss (nats/token).",
+        f"Target: validation loss (nats/{unit})" + (" (one token = one UTF-8 byte)." if unit == "byte" else "."),
         "Tokens/time to target: " + "; ".join(mode_txt[m] for m in modes if m in mode_txt)
         + ", mean over all seeds (\u00b1 1 s.d. with several seeds).",
         f"Speedup = {baseline} / arm, in tokens and in training wall-clock time; brackets: "

@@ -174,3 +174,67 @@ def test_lm_eval_bits_per_byte_of_a_byte_model_is_its_loss_in_bits(one_thread):
     got = results["results"]["verdict_ppl"]
     assert got["bits_per_byte,none"] == pytest.approx(nll / len(ids) / math.log(2), rel=1e-9)
     assert got["byte_perplexity,none"] == pytest.approx(math.exp(nll / len(ids)), rel=1e-9)
+
+
+# ----------------------------------------------------------------------------- a byte-level run, end to end
+
+TINY_BYTES = {
+    "name": "tiny_bytes", "seeds": [0], "tokenizer": "bytes",
+    "data": {"dataset": "verdict", "val_fraction": 0.1},
+    "model": {"vocab_size": 257, "n_layers": 1, "n_heads": 2, "n_embd": 32, "context_length": 32},
+    "train": {"tokens": 3072, "micro_batch_size": 8, "eval_every_tokens": 1024, "eval_tokens": 512,
+              "eval_windows": "spread"},
+    "optim": {"lr": 3e-3},
+    "arms": {"gpt": {"model": {"kind": "gpt"}},
+             "ngpt": {"model": {"kind": "ngpt"}, "optim": {"lr": 1e-2, "weight_decay": 0.0}}},
+    "targets": [4.5, 4.0],
+    "tracking": {"log_models": False},
+}
+
+
+def test_a_byte_level_run_trains_into_mlflow_and_its_report_says_per_byte(tmp_path, monkeypatch, capsys, one_thread):
+    import yaml
+    from mlflow import MlflowClient
+
+    import runner
+    from analysis import record
+    from analysis import figures as figures_mod
+    from analysis.report import summarize_experiment
+    from analysis.tables import format_summary
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "tiny_bytes.yaml"
+    path.write_text(yaml.safe_dump(TINY_BYTES))
+    assert runner.main([str(path), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "nats/byte" in printed and "nats/token" not in printed  # the runner's table says what a loss is per
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("tiny_bytes").experiment_id])
+    parent = next(r for r in runs if r.data.tags.get(record.TAG_ROLE) == record.ROLE_PARENT)
+    children = [r for r in runs if r.data.tags.get(record.TAG_ROLE) == record.ROLE_CHILD]
+    assert parent.data.tags[record.TAG_LOSS_UNIT] == "byte" and parent.data.params["tokenizer"] == "bytes"
+    assert {c.data.params["tokenizer"] for c in children} == {"bytes"} and len(children) == 2
+    summary_md = client.download_artifacts(parent.info.run_id, f"{record.REPORT_DIR}/summary.md", str(tmp_path))
+    assert "Target: validation loss (nats/byte) (one token = one UTF-8 byte)." in open(summary_md).read()
+
+    data, summary = summarize_experiment("tiny_bytes", tracking_uri=uri)
+    assert data.loss_unit == "byte" and summary.attrs["loss_unit"] == "byte"
+    assert "nats/byte" in format_summary(summary) and "nats/token" not in format_summary(summary)
+    drawn = {}
+    monkeypatch.setattr(figures_mod, "save_figure", lambda fig, out, stem: drawn.update({stem: fig}) or [])
+    figures_mod.make_figures(data.frame, summary, data.targets, data.baseline_arm, tmp_path / "figs")
+    labels = {stem: [ax.get_ylabel() for ax in fig.axes] + [ax.get_xlabel() for ax in fig.axes]
+              for stem, fig in drawn.items()}
+    assert "validation loss (nats/byte)" in labels["val_loss_vs_tokens"]
+    assert "training loss (nats/byte)" in labels["train_loss_lr_vs_tokens"]
+    assert not [stem for stem, texts in labels.items() if any("nats/token" in t for t in texts)]
+
+    # the checkpoint remembers its tokenizer: sampling decodes bytes
+    from training.sample import main as sample_main
+
+    assert sample_main(["--checkpoint", "tiny_bytes/ngpt-seed0", "--prompt", "I had", "--max-new-tokens", "8"]) == 0
+    out = capsys.readouterr()
+    assert "bytes tokenizer" in out.err and out.out.startswith("I had")
