@@ -32,7 +32,7 @@ shift
 export MLFLOW_TRACKING_URI="${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}"
 NICE="${NICE:-0}"
 log() { echo "[$(date -u +%FT%TZ)] $*"; }
-log "$experiment: tracking store $MLFLOW_TRACKING_URI; python $(python -c 'import sys; print(sys.version.split()[0])'), torch $(python -c 'import torch; print(torch.__version__)'); $(nproc) cores; load: $(cut -d' ' -f1-3 /proc/loadavg)"
+log "$experiment: tracking store $MLFLOW_TRACKING_URI; python $(python -c 'import sys; print(sys.version.split()[0])'), torch $(python -c 'import torch; print(torch.__version__)'); $(nproc --all) cores; load: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 for pass in ${PASSES:-default}; do
     for yaml in "$@"; do
