@@ -398,7 +398,7 @@ def test_an_unknown_task_is_named_before_any_loading(checkpoint, capsys, monkeyp
     err = capsys.readouterr().err
     name = tasks.split(",")[-1]
     assert err == (f"error: --tasks: unknown lm-eval task {name!r}{hint}; the local tasks (no network) are "
-                   f"verdict_lambada and verdict_choice, or both as the tag datgpt_local\n")
+                   f"verdict_lambada, verdict_choice, verdict_ppl, or all of them as the tag datgpt_local\n")
 
 
 def test_a_task_name_found_in_lm_evals_files_is_left_to_its_task_manager(monkeypatch):

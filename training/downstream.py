@@ -74,7 +74,7 @@ def _unknown_task(option: str, name: str, known) -> EvalSetupError:
     close = difflib.get_close_matches(name, sorted({*known, *LOCAL_TASKS, LOCAL_TAG}), n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
     return EvalSetupError(f"{option}: unknown lm-eval task {name!r}{hint}; the local tasks (no network) are "
-                          f"{' and '.join(LOCAL_TASKS)}, or both as the tag {LOCAL_TAG}")
+                          f"{', '.join(LOCAL_TASKS)}, or all of them as the tag {LOCAL_TAG}")
 
 
 def _lm_eval_task_files() -> list[Path]:
