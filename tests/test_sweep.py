@@ -253,7 +253,7 @@ def test_sweep_end_to_end_with_cooldown_branches_and_resume(tmp_path, monkeypatc
 
     from analysis.report import build_report
 
-    report = build_report("tiny_sweep", tmp_path / "figures", tracking_uri=uri, n_resamples=100)
+    report = build_report("tiny_sweep", tmp_path / "figures", tracking_uri=uri)
     assert chosen_lrs(report.lr_search) == {("gpt", 256): 1e-2}
     assert set(report.data.runs["run_name"]) == {"gpt-lr0.01-t256-seed0", "gpt-lr0.01-t512-seed0"}
     assert report.cooldown_vs_full is not None
