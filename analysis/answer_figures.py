@@ -18,7 +18,7 @@ from matplotlib.ticker import NullFormatter, NullLocator
 from analysis.style import ArmStyle, NotApplicable, caption, ordered_arms, tokens_axis
 from analysis.tables import INTERVAL_NAME, format_target
 
-__all__ = ["fig_tokens_to_target", "fig_speedup_vs_context", "mark_bounds", "speedup_bars"]
+__all__ = ["fig_tokens_to_target", "fig_speedup_vs_context", "mark_bounds"]
 
 _BOUND_NOTE = ("hollow marker = a bound (\u2265 lower, \u2264 upper): some seeds never reached the target "
                "(or met it at the smallest budget), see the table")
@@ -74,7 +74,7 @@ def fig_tokens_to_target(summary: pd.DataFrame, styles: dict[str, ArmStyle],
             off = (j - (len(others) - 1) / 2) * width / max(len(arms), 1)
             rows = summary[summary["arm"] == arm].set_index("target").reindex(targets)
             sp = rows["speedup"].to_numpy(float)
-            yerr, has_bar = speedup_bars(rows)
+            yerr, has_bar = _speedup_bars(rows)
             st = styles[arm]
             tops += [v for v in np.r_[sp, sp + yerr[1]] if np.isfinite(v) and v < _OFF_TOP]
             if has_bar.any():
@@ -175,7 +175,7 @@ def fig_speedup_vs_context(summary: pd.DataFrame, styles: dict[str, ArmStyle],
             r = s[(s["arm"] == arm) & (s["target"] == t)].sort_values("context_length")
             x = r["context_length"].to_numpy(float)
             sp = r["speedup"].to_numpy(float)
-            yerr, _ = speedup_bars(r)
+            yerr, _ = _speedup_bars(r)
             tops += [v for v in np.r_[sp, sp + yerr[1]] if np.isfinite(v) and v < _OFF_TOP]
             ax.errorbar(x, sp, yerr=yerr, label=arm, **styles[arm].line_kwargs())
             mark_bounds(ax, x, sp, r["speedup_bound"], styles[arm])
@@ -204,7 +204,7 @@ def fig_speedup_vs_context(summary: pd.DataFrame, styles: dict[str, ArmStyle],
 _OFF_TOP = 1e12  # where a bar with no upper end is drawn to: off the top of every speedup axis
 
 
-def speedup_bars(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+def _speedup_bars(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Error bars (2 x n, below and above the point) of the speedups in ``rows``, and which rows have one.
 
     An exact speedup's bar is its two-sided interval (one with no upper end runs off the top of the axis);

@@ -20,7 +20,7 @@ NOT_REACHED = "n.r."
 UNKNOWN = "< 1st budget"  # both arms met the target at the smallest budget: no ratio or bound can be formed
 INFINITY = "\u221e"
 #: the speedups' interval, as every footnote, caption and report.json names it (docs/analysis.md says why)
-INTERVAL_NAME = "Fieller interval for the ratio of mean tokens, paired by seed"
+INTERVAL_NAME = "Fieller interval for the ratio of means, paired by seed"
 
 
 def _f(v: Any) -> float:
@@ -174,7 +174,8 @@ CENSORING_NOTE = (
     "Every seed counts: a seed that never reached a target is censored at its largest budget (budget mode) or "
     "last evaluation (curve mode), so a mean or speedup it enters is a bound: \u2265 a lower bound, \u2264 an "
     "upper bound (the target was already met at the first budget or evaluation that could show it); ? = bounds "
-    f"in both directions, no number can be formed; {NOT_REACHED} (\u2265 X) = no seed reached it, X being the mean censoring point."
+    f"in both directions, no number can be formed; {NOT_REACHED} (\u2265 X) = no seed reached it, X being the mean "
+    "censoring point."
 )
 
 

@@ -134,7 +134,7 @@ def test_tokens_to_target_with_seeds_says_what_its_bars_are():
     assert sum(isinstance(c, ErrorbarContainer) for c in speedup_ax.containers) == 1
     text = notes(fig)
     assert "bars = \u00b11 s.d. over them" in text
-    assert "bars = 95% Fieller interval for the ratio of mean tokens, paired by seed" in text
+    assert "bars = 95% Fieller interval for the ratio of means, paired by seed" in text
     assert "a bound's bar is its one-sided limit only" in text
     # the bound's bar (target 6.0, speedup 1.6, lower limit 1.28) goes from its lower limit up to the point
     bars = next(c for c in speedup_ax.containers if isinstance(c, ErrorbarContainer)).lines[2][0].get_segments()
