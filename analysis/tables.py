@@ -406,14 +406,23 @@ def write_lr_tables(table: pd.DataFrame, out_dir: Path) -> list[Path]:
 
 def format_cooldown_table(table: pd.DataFrame) -> str:
     """:func:`analysis.sweeps.compare_methods` as Markdown: tokens to target from full runs and from
-    cooldown branches, their difference and each method's speedup."""
+    cooldown branches, their difference and each method's speedup; a bound (a censored seed) is marked
+    ``\u2265``/``\u2264`` and has no difference."""
     lines = ["| Target | Arm | Tokens (full) | Tokens (cooldown) | Difference | Speedup (full) | Speedup (cooldown) |",
              "| -----: | :-- | ------------: | ----------------: | ---------: | -------------: | -----------------: |"]
+
+    def bound(v: Any) -> str:
+        return "" if not isinstance(v, str) else v
+
     for row in table.itertuples():
         diff = _f(row.difference)
         diff_text = f"{diff:+.1%}" if math.isfinite(diff) else "--"
-        speed = [f"{_f(v):.2f}" if math.isfinite(_f(v)) else NOT_REACHED
-                 for v in (row.speedup_full, row.speedup_cooldown)]
-        lines.append(f"| {format_target(row.target)} | {row.arm} | {_tokens(row.tokens_to_target_full)} | "
-                     f"{_tokens(row.tokens_to_target_cooldown)} | {diff_text} | {speed[0]} | {speed[1]} |")
+        speed = [_bounded(f"{_f(v):.2f}", bound(b)) if math.isfinite(_f(v)) else NOT_REACHED
+                 for v, b in ((row.speedup_full, row.speedup_bound_full),
+                              (row.speedup_cooldown, row.speedup_bound_cooldown))]
+        tokens = [_bounded(_tokens(v), bound(b))
+                  for v, b in ((row.tokens_to_target_full, row.tokens_to_target_bound_full),
+                               (row.tokens_to_target_cooldown, row.tokens_to_target_bound_cooldown))]
+        lines.append(f"| {format_target(row.target)} | {row.arm} | {tokens[0]} | {tokens[1]} | {diff_text} | "
+                     f"{speed[0]} | {speed[1]} |")
     return "\n".join(lines)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from analysis.sweeps import chosen_lrs, compare_methods, edge_warnings, select_lr
+from analysis.tables import format_cooldown_table
 from training import session, sweep
 from training.data.corpus import load_splits
 from training.distributed import DistInfo
@@ -151,6 +152,12 @@ def test_compare_methods_difference():
     out = compare_methods(full, cool)
     assert out["difference"].tolist() == pytest.approx([0.1, 0.0])
     assert out["speedup_cooldown"].tolist() == [1.0, 2.75]
+    # a censored gpt seed makes its tokens a lower bound: marked, and no difference of bounds
+    bounded = compare_methods(full.assign(tokens_to_target_bound=["lower", ""], speedup_bound=["", "lower"]),
+                              cool.assign(tokens_to_target_bound="", speedup_bound=""))
+    assert math.isnan(bounded["difference"].iloc[0]) and bounded["difference"].iloc[1] == 0.0
+    text = format_cooldown_table(bounded)
+    assert "| \u2265 1.00k | 1.10k | -- |" in text and "| \u2265 2.50 | 2.75 |" in text
 
 
 # ------------------------------------------------------------------------------------------ end to end
