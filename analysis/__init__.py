@@ -28,8 +28,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from analysis.report import Report, build_report
     from analysis.summary import summarize
     from analysis.targets import (
-        bootstrap_ci,
         budget_tokens_to_target,
+        fieller_interval,
         seconds_to_target,
         speedup,
         tokens_to_target,
@@ -47,7 +47,7 @@ _LAZY = {
     "x_to_target": "analysis.targets",
     "budget_tokens_to_target": "analysis.targets",
     "speedup": "analysis.targets",
-    "bootstrap_ci": "analysis.targets",
+    "fieller_interval": "analysis.targets",
 }
 
 __all__ = [

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, NullLocator
 
 from analysis.style import ArmStyle, NotApplicable, caption, ordered_arms, tokens_axis
-from analysis.tables import format_target
+from analysis.tables import INTERVAL_NAME, format_target
 
 __all__ = ["fig_tokens_to_target", "fig_speedup_vs_context", "mark_bounds"]
 
@@ -74,13 +74,10 @@ def fig_tokens_to_target(summary: pd.DataFrame, styles: dict[str, ArmStyle],
             off = (j - (len(others) - 1) / 2) * width / max(len(arms), 1)
             rows = summary[summary["arm"] == arm].set_index("target").reindex(targets)
             sp = rows["speedup"].to_numpy(float)
-            lo = rows["speedup_ci_low"].to_numpy(float)
-            hi = rows["speedup_ci_high"].to_numpy(float)
-            yerr = np.vstack([np.nan_to_num(sp - lo, nan=0.0), np.nan_to_num(hi - sp, nan=0.0)])
-            yerr = np.clip(yerr, 0, None)
+            yerr, has_bar = _speedup_bars(rows)
             st = styles[arm]
-            tops += [v for v in np.r_[sp, hi] if np.isfinite(v)]
-            if np.any(np.isfinite(lo) & np.isfinite(hi)):
+            tops += [v for v in np.r_[sp, sp + yerr[1]] if np.isfinite(v) and v < _OFF_TOP]
+            if has_bar.any():
                 ax.errorbar(xpos + off, sp, yerr=yerr, fmt=st.marker, color=st.color, label=arm,
                             linestyle="none", markersize=5)
             else:  # no interval (fewer than 2 paired seeds): no bar in the plot nor in the legend
@@ -88,9 +85,9 @@ def fig_tokens_to_target(summary: pd.DataFrame, styles: dict[str, ArmStyle],
                         markersize=5)
             for xp, yy in zip(xpos + off, sp):
                 if not np.isfinite(yy):
-                    ax.annotate("n.r.", xy=(xp, 0.02), xycoords=("data", "axes fraction"),
-                                ha="center", va="bottom", fontsize=7, color=st.color,
-                                rotation=90)
+                    ax.annotate("\u221e" if yy == np.inf else "n.r.", xy=(xp, 0.02),
+                                xycoords=("data", "axes fraction"), ha="center", va="bottom", fontsize=7,
+                                color=st.color, rotation=0 if yy == np.inf else 90)
             mark_bounds(ax, xpos + off, sp, rows["speedup_bound"], st)
         ax.axhline(1.0, color="0.3", linewidth=0.8, linestyle="--", zorder=1)
         _categorical_targets(ax, targets)
@@ -109,7 +106,7 @@ def fig_tokens_to_target(summary: pd.DataFrame, styles: dict[str, ArmStyle],
         level = float(summary.attrs.get("ci_level", 0.95))
         bars = any(isinstance(c, ErrorbarContainer) for c in axes[1].containers)
         notes.append(f"speedup: ratio of the mean tokens, dashed line = no speedup;\n"
-                     f"bars = {level:.0%} paired bootstrap CI over seeds (none with fewer than 2 seeds)" if bars
+                     + _bar_note(summary, level) if bars
                      else "speedup: ratio of the tokens, no interval with one seed; dashed line = no speedup")
     if any(t.get_text() == "n.r." for ax in axes for t in ax.texts):
         notes.append("n.r. = not reached within the run")
@@ -171,16 +168,15 @@ def fig_speedup_vs_context(summary: pd.DataFrame, styles: dict[str, ArmStyle],
     fig = Figure(figsize=(2.6 * ncols + 0.8, 2.8 * nrows))
     axes = np.atleast_1d(fig.subplots(nrows, ncols, sharey=True, squeeze=False)).ravel()
     ctx_ticks = sorted(int(c) for c in pd.to_numeric(s["context_length"]).dropna().unique())
+    tops = [1.0]
     for k, t in enumerate(targets):
         ax = axes[k]
         for arm in ordered_arms(s["arm"].unique(), styles):
             r = s[(s["arm"] == arm) & (s["target"] == t)].sort_values("context_length")
             x = r["context_length"].to_numpy(float)
             sp = r["speedup"].to_numpy(float)
-            lo = r["speedup_ci_low"].to_numpy(float)
-            hi = r["speedup_ci_high"].to_numpy(float)
-            yerr = np.clip(np.vstack([np.nan_to_num(sp - lo, nan=0.0),
-                                      np.nan_to_num(hi - sp, nan=0.0)]), 0, None)
+            yerr, _ = _speedup_bars(r)
+            tops += [v for v in np.r_[sp, sp + yerr[1]] if np.isfinite(v) and v < _OFF_TOP]
             ax.errorbar(x, sp, yerr=yerr, label=arm, **styles[arm].line_kwargs())
             mark_bounds(ax, x, sp, r["speedup_bound"], styles[arm])
         ax.axhline(1.0, color="0.3", linewidth=0.8, linestyle="--", zorder=1)
@@ -194,11 +190,42 @@ def fig_speedup_vs_context(summary: pd.DataFrame, styles: dict[str, ArmStyle],
             ax.set_ylabel(f"speedup in tokens vs {baseline_arm} (\u00d7)")
     for ax in axes[len(targets):]:
         ax.set_visible(False)
+    axes[0].set_ylim(0, 1.1 * max(tops))  # shared: room above the highest marker or bar
     axes[0].legend(loc="best")
     level = float(summary.attrs.get("ci_level", 0.95))
-    notes = [f"Speedup = ratio of the mean tokens to the target; dashed line = no speedup;\n"
-             f"bars = {level:.0%} paired bootstrap CI over seeds (none with fewer than 2 seeds)"]
+    notes = ["Speedup = ratio of the mean tokens to the target; dashed line = no speedup;\n"
+             + _bar_note(summary, level)]
     if any(t.get_text() in ("\u2265", "\u2264") for ax in axes for t in ax.texts):
         notes.append(_BOUND_NOTE)
     caption(fig, ";\n".join(notes) + ".")
     return fig
+
+
+_OFF_TOP = 1e12  # where a bar with no upper end is drawn to: off the top of every speedup axis
+
+
+def _speedup_bars(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Error bars (2 x n, below and above the point) of the speedups in ``rows``, and which rows have one.
+
+    An exact speedup's bar is its two-sided interval (one with no upper end runs off the top of the axis);
+    a bound's bar is its one-sided limit only: from the lower limit up to a ``\u2265`` point, from a
+    ``\u2264`` point up to its upper limit."""
+    sp, lo, hi = (rows[c].to_numpy(float) for c in ("speedup", "speedup_ci_low", "speedup_ci_high"))
+    bound = rows["speedup_bound"].fillna("").astype(str).to_numpy()
+    below = np.where(bound == "upper", 0.0, sp - lo)
+    above = np.where(bound == "lower", 0.0, np.minimum(hi, _OFF_TOP) - sp)
+    yerr = np.clip(np.nan_to_num(np.vstack([below, above]), nan=0.0, posinf=0.0), 0, None)
+    has = np.isfinite(sp) & ((bound == "upper") & np.isfinite(hi) | (bound != "upper") & np.isfinite(lo))
+    return yerr, has
+
+
+def _bar_note(summary: pd.DataFrame, level: float) -> str:
+    """What the speedup bars are, as a caption says it."""
+    text = f"bars = {level:.0%} {INTERVAL_NAME} (none with fewer than 2 paired seeds)"
+    rows = summary[~summary["is_baseline"].astype(bool)]
+    bound = rows["speedup_bound"].fillna("").astype(str)
+    if bound.isin(["lower", "upper"]).any():
+        text += ";\na bound's bar is its one-sided limit only"
+    if ((bound == "") & (rows["speedup_ci_high"].to_numpy(float) == np.inf)).any():
+        text += ";\na bar running off the top has no upper end at this level"
+    return text

@@ -20,14 +20,15 @@ PROG = "python -m analysis"
 
 DESCRIPTION = """\
 Summarise a datgpt experiment from MLflow: tokens (and seconds) to each target validation loss,
-speedups vs the baseline arm with bootstrap CIs over seeds, thesis figures (PNG 300 dpi + PDF) and
-tables (CSV, Markdown, LaTeX/booktabs).
+speedups vs the baseline arm with confidence intervals over paired seeds (Fieller), thesis figures
+(PNG 300 dpi + PDF) and tables (CSV, Markdown, LaTeX/booktabs).
 
 Runs: by default every child run of the experiment (all runner invocations; when the same
 arm/seed/budget/context was run twice the newest run is used). --parent RUN_ID (or 'latest')
 restricts to one invocation. Runs that are not FINISHED or have no val/loss are skipped with a
-warning. Tracking store: --tracking-uri, else $MLFLOW_TRACKING_URI, else MLflow's default
-(sqlite:///mlflow.db in the current folder)."""
+warning, but a run that diverged counts (a seed that did not reach what it had not reached by then).
+Tracking store: --tracking-uri, else $MLFLOW_TRACKING_URI, else MLflow's default (sqlite:///mlflow.db
+in the current folder)."""
 
 EPILOG = """\
 examples:
@@ -59,16 +60,6 @@ def _level(text: str) -> float:
     return v
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -95,9 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="tokens-to-target method; auto = budget mode when every arm has "
                             "runs at >= 2 budgets, else curve mode (default: auto)")
         p.add_argument("--ci-level", type=_level, default=0.95, metavar="P",
-                       help="bootstrap confidence level (default: 0.95)")
-        p.add_argument("--n-resamples", type=_positive_int, default=10_000, metavar="N",
-                       help="bootstrap resamples (default: 10000)")
+                       help="confidence level of the speedups' intervals (default: 0.95)")
         p.add_argument("--include-unfinished", action="store_true",
                        help="also use child runs that are RUNNING, FAILED or KILLED")
 
@@ -138,7 +127,6 @@ def _common_kwargs(args: argparse.Namespace) -> dict:
         baseline_arm=args.baseline,
         mode=args.mode,
         level=args.ci_level,
-        n_resamples=args.n_resamples,
         include_unfinished=args.include_unfinished,
     )
 

@@ -78,8 +78,12 @@ def mean_over_seeds(frame: pd.DataFrame, metric: str, x: str = "tokens") -> pd.D
 
 
 def final_losses(frame: pd.DataFrame, metric: str = record.VAL_LOSS) -> pd.DataFrame:
-    """Last value of ``metric`` of every run, with its arm, seed, budget and context length."""
-    sub = frame[frame["metric"] == metric].sort_values(["run_id", "step"], kind="stable")
+    """Last value of ``metric`` of every run, with its arm, seed, budget and context length; a run that
+    diverged has no final value and is left out (the summary counts it, analysis/summary.py)."""
+    sub = frame[frame["metric"] == metric]
+    if "diverged" in sub.columns:
+        sub = sub[~sub["diverged"].eq(True)]
+    sub = sub.sort_values(["run_id", "step"], kind="stable")
     last = sub.groupby("run_id", sort=False).tail(1)
     return last[["run_id", "arm", "seed", "budget", "context_length", "step", "tokens",
                  "elapsed_s", "value"]].reset_index(drop=True)

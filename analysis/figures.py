@@ -12,7 +12,7 @@ Figures (``<sfx>`` is ``_ctx<L>`` when the experiment spans several context leng
   beyond 41 evaluations, as the caption says);
 * ``val_loss_vs_time<sfx>``: the same against training wall-clock seconds;
 * ``tokens_to_target<sfx>``: tokens to each target per arm (error bars +-1 s.d. over seeds) and
-  speedup vs the baseline per target (error bars = bootstrap CI);
+  speedup vs the baseline per target (error bars = Fieller interval, paired by seed);
 * ``final_loss_vs_budget<sfx>``: budget mode only: final validation loss vs token budget (log x),
   error bars = min..max over seeds, ``|`` marks = interpolated tokens to target;
 * ``speedup_vs_context_length``: only when several context lengths were run;

@@ -18,9 +18,12 @@ Which runs are loaded: by default **all** child runs of the experiment, across e
 invocation was repeated), only the most recently started run is kept and the others are reported
 in a warning. ``parent_run_id`` restricts the load to one invocation (``"latest"`` = the most
 recently started parent). Child runs whose status is not FINISHED are skipped with a warning
-unless ``include_unfinished=True``; runs without any ``val/loss`` are skipped with a warning. A child
-run tagged ``datgpt.superseded_by`` (an attempt whose process died before the unit's first checkpoint,
-trained again in the run it names) is skipped without one, whatever ``include_unfinished`` says.
+unless ``include_unfinished=True``, except runs that diverged (FAILED with a ``datgpt.failure`` tag):
+they are kept, marked in the ``diverged`` column, and the summary counts them as seeds that did not reach
+what they had not reached by then (analysis/summary.py). Runs without any ``val/loss`` are skipped with a
+warning. A child run tagged ``datgpt.superseded_by`` (an attempt whose process died before the unit's first
+checkpoint, trained again in the run it names) is skipped without one, whatever ``include_unfinished`` says.
+The ``budget`` of a run is the tokens it trained, steps x tokens per step (analysis/runs.py).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import pandas as pd
 
 from analysis import record
 from analysis.errors import NoRunsError, warn
-from analysis.runs import choose_parent, dedupe, lr_search_table, run_label, run_meta
+from analysis.runs import choose_parent, dedupe, diverged, lr_search_table, run_label, run_meta
 from analysis.store import ParentInfo, get_experiment, open_client, parent_info, search_all_runs
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -52,6 +55,7 @@ FRAME_COLUMNS = [
     "seed",
     "budget",
     "context_length",
+    "diverged",
     "step",
     "tokens",
     "elapsed_s",
@@ -66,6 +70,7 @@ RUN_COLUMNS = [
     "seed",
     "budget",
     "context_length",
+    "diverged",
     "model_kind",
     "status",
     "start_time",
@@ -161,7 +166,7 @@ def load_experiment(
             unique prefix of one) = only that invocation; ``"latest"`` = the most recent one.
         tracking_uri: MLflow tracking URI; default ``MLFLOW_TRACKING_URI``, else MLflow's default.
         include_unfinished: also load RUNNING/FAILED/KILLED child runs (default: skip them with a
-            warning).
+            warning; a run that diverged is kept either way).
         metrics: metric keys to load (default: all); ``val/loss`` is always loaded; a key ending in
             ``/`` loads every metric under it (``eval/``).
         baseline_arm: the baseline arm; default the parent runs' ``datgpt.baseline_arm`` tag (the most
@@ -195,7 +200,10 @@ def load_experiment(
     kept: list[Run] = []
     for r in children:
         label = run_label(r)
-        if r.info.status != "FINISHED" and not include_unfinished:
+        if diverged(r) and r.data.tags.get(record.TAG_LR_SELECTED) != "false":
+            warn(f"{label} diverged ({r.data.tags[record.TAG_FAILURE]}); it counts: a target it had not "
+                 "reached by then is censored")
+        elif r.info.status != "FINISHED" and not include_unfinished:
             reason = f"status {r.info.status}"
             skipped.append((r.info.run_id, reason))
             warn(f"skipping {label}: {reason} (use --include-unfinished to keep it)")
@@ -319,6 +327,7 @@ def _run_frame(client: "MlflowClient", r: "Run", meta: dict[str, Any], experimen
     df.insert(4, "seed", meta["seed"])
     df.insert(5, "budget", meta["budget"])
     df.insert(6, "context_length", meta["context_length"])
+    df.insert(7, "diverged", meta["diverged"])
     return df
 
 
@@ -326,6 +335,7 @@ def _typed_frame(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.reindex(columns=FRAME_COLUMNS)
     for col in ("seed", "budget", "context_length"):
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("Int64")
+    frame["diverged"] = frame["diverged"].eq(True)
     frame["step"] = frame["step"].astype("int64")
     for col in ("tokens", "elapsed_s", "value"):
         frame[col] = frame[col].astype(float)

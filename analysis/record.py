@@ -11,7 +11,8 @@ The layout, one MLflow experiment per experiment YAML (``name`` or ``tracking.ex
   git commit, precision parity, the learning rates a sweep chose. Params: the shared config. Artifacts:
   the resolved YAML, the report (figures and tables), a sweep's learning-rate table. Metrics: the
   answer (:func:`answer_metric`): each arm's final validation loss, tokens to each target, the speedups
-  with their interval bounds, all computed by :func:`analysis.summary.summarize`.
+  with their confidence limits, and beside each number that can be a bound its direction
+  (:func:`answer_bound_metric`), all computed by :func:`analysis.summary.summarize`.
 * **child run**: one per unit (``ROLE_CHILD``): an (arm, seed), or in a sweep an (arm, learning rate,
   budget, budget method, seed). Its stage (``STAGE_SEARCH`` or ``STAGE_MAIN``) and method
   (``METHOD_FULL`` or ``METHOD_COOLDOWN``) say whether it is a learning-rate search unit, a main run or
@@ -86,7 +87,7 @@ def best_lr_tag(arm: str, budget: int | None = None) -> str:
 TAG_ARM = "datgpt.arm"
 TAG_SEED = "datgpt.seed"
 TAG_MODEL_KIND = "datgpt.model_kind"
-TAG_FAILURE = "datgpt.failure"  # why a child run FAILED (e.g. a NaN loss)
+TAG_FAILURE = "datgpt.failure"  # a child run that diverged (a non-finite training loss, FAILED): the message
 #: A child run its invocation no longer continues: the process died before the unit's first checkpoint, and
 #: the same command trained the unit again in the child run this tag names (training/session.py). KILLED
 #: if it was left RUNNING, else FAILED as it ended; the analysis skips it.
@@ -103,6 +104,7 @@ TAG_INIT_TOKENS = "datgpt.init_from_tokens"
 PARAM_BUDGET = "train.tokens"
 PARAM_LR = "optim.lr"
 PARAM_CONTEXT = "model.context_length"
+PARAM_TOKENS_TRAINED = "derived.tokens_trained"  # steps x tokens per step: the budget as trained
 DERIVED_PREFIX = "derived"  # derived.steps, derived.tokens_per_step, derived.device, ...
 
 # ------------------------------------------------------------------ child metrics (against the optimizer step)
@@ -167,6 +169,13 @@ def target_label(target: float) -> str:
 ANSWER_FINAL_LOSS = "final_val_loss"
 ANSWER_SPEEDUP_WITH_INTERVAL = ("speedup", "speedup_ci_low", "speedup_ci_high")
 
+#: each answer metric that can be a bound (tokens and seconds to target, speedups) has a sibling metric,
+#: :func:`answer_bound_metric`, whose value says what kind of number it is: the sign of (true value - logged
+#: value) as far as the seeds show it (censored seeds, analysis/summary.py)
+BOUND_EXACT = 0.0  # the logged number is the estimate
+BOUND_LOWER = 1.0  # "≥": a lower bound, the quantity is at least the logged number
+BOUND_UPPER = -1.0  # "≤": an upper bound
+
 
 def answer_metric(arm: str, quantity: str, target: float | None = None,
                   context_length: int | None = None) -> str:
@@ -182,6 +191,12 @@ def answer_metric(arm: str, quantity: str, target: float | None = None,
     parts.append(str(arm))
     name = "/".join(parts) + f"/{quantity}"
     return name if target is None else f"{name}_at_{target_label(target)}"
+
+
+def answer_bound_metric(arm: str, quantity: str, target: float, context_length: int | None = None) -> str:
+    """The sibling of the answer metric of ``quantity`` that holds its bound direction (:data:`BOUND_EXACT`,
+    :data:`BOUND_LOWER`, :data:`BOUND_UPPER`), e.g. ``result/ngpt/speedup_bound_at_6.0``."""
+    return answer_metric(arm, f"{quantity}_bound", target, context_length)
 
 
 # ------------------------------------------------------------------ downstream accuracy (child metrics and artifacts)

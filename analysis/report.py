@@ -20,6 +20,7 @@ from analysis.errors import AnalysisError
 from analysis.load import ExperimentData, load_experiment
 from analysis import record
 from analysis.summary import summarize
+from analysis.tables import INTERVAL_NAME
 
 __all__ = ["Report", "build_report", "summarize_experiment", "default_out_dir"]
 
@@ -64,8 +65,6 @@ def summarize_experiment(
     baseline_arm: str | None = None,
     mode: str = "auto",
     level: float = 0.95,
-    n_resamples: int = 10_000,
-    seed: int = 0,
     include_unfinished: bool = False,
 ) -> tuple[ExperimentData, pd.DataFrame]:
     """Load ``experiment`` and compute its summary (targets/baseline default to the parent tags)."""
@@ -73,8 +72,6 @@ def summarize_experiment(
         raise AnalysisError(f"--mode must be auto, curve or budget, not {mode!r}")
     if not 0 < level < 1:
         raise AnalysisError(f"the CI level must be between 0 and 1, not {level}")
-    if n_resamples < 1:
-        raise AnalysisError(f"the number of bootstrap resamples must be >= 1, not {n_resamples}")
     data = load_experiment(experiment, parent_run_id=parent_run_id, tracking_uri=tracking_uri,
                            include_unfinished=include_unfinished, metrics=list(REPORT_METRICS),
                            baseline_arm=baseline_arm)
@@ -84,7 +81,7 @@ def summarize_experiment(
         raise AnalysisError(f"unknown baseline arm {baseline_arm!r}; arms: "
                             + ", ".join(sorted(set(data.runs["arm"]))))
     summary = summarize(data.frame, data.targets, data.baseline_arm, mode=mode, level=level,
-                        n_resamples=n_resamples, seed=seed, loss_unit=data.loss_unit)
+                        loss_unit=data.loss_unit)
     return data, summary
 
 
@@ -98,8 +95,7 @@ def _redact(uri: str) -> str:
     return uri
 
 
-def _provenance(data: ExperimentData, report: Report, mode: str, level: float,
-                n_resamples: int, seed: int) -> dict:
+def _provenance(data: ExperimentData, report: Report, mode: str, level: float) -> dict:
     used = sorted(set(data.runs["parent_run_id"]))
     return {
         "experiment": data.experiment,
@@ -122,12 +118,12 @@ def _provenance(data: ExperimentData, report: Report, mode: str, level: float,
         "baseline_arm": data.baseline_arm,
         "mode": mode,
         "ci_level": level,
-        "bootstrap": {"n_resamples": n_resamples, "seed": seed, "resampling": "paired by seed"},
+        "interval": INTERVAL_NAME,
     }
 
 
 def _sweep_outputs(data: ExperimentData, summary: pd.DataFrame, report: Report, out_dir: Path, figures: bool,
-                   level: float, n_resamples: int, seed: int) -> list[Path]:
+                   level: float) -> list[Path]:
     """The learning-rate search table and figure, and the cooldown-versus-full comparison."""
     from analysis.sweeps import compare_methods
     from analysis.tables import format_cooldown_table, write_lr_tables
@@ -139,11 +135,9 @@ def _sweep_outputs(data: ExperimentData, summary: pd.DataFrame, report: Report, 
         written += write_lr_tables(data.lr_search, out_dir)
         attempts.append(("lr_search", "fig_lr_search", (data.lr_search,)))
     if data.cooldown_frame is not None:
-        cooldown = summarize(data.cooldown_frame, data.targets, data.baseline_arm, mode="budget", level=level,
-                             n_resamples=n_resamples, seed=seed)
+        cooldown = summarize(data.cooldown_frame, data.targets, data.baseline_arm, mode="budget", level=level)
         full = summary if (summary.empty or (summary["mode"] == "budget").all()) else summarize(
-            data.frame, data.targets, data.baseline_arm, mode="budget", level=level, n_resamples=n_resamples,
-            seed=seed)
+            data.frame, data.targets, data.baseline_arm, mode="budget", level=level)
         if not full.empty and not cooldown.empty:
             report.cooldown_vs_full = compare_methods(full, cooldown)
             path = out_dir / "cooldown_vs_full.csv"
@@ -221,8 +215,6 @@ def build_report(
     baseline_arm: str | None = None,
     mode: str = "auto",
     level: float = 0.95,
-    n_resamples: int = 10_000,
-    seed: int = 0,
     include_unfinished: bool = False,
     figures: bool = True,
 ) -> Report:
@@ -238,8 +230,7 @@ def build_report(
     """
     data, summary = summarize_experiment(
         experiment, parent_run_id, tracking_uri, targets=targets, baseline_arm=baseline_arm,
-        mode=mode, level=level, n_resamples=n_resamples, seed=seed,
-        include_unfinished=include_unfinished)
+        mode=mode, level=level, include_unfinished=include_unfinished)
     report = Report(experiment=experiment, summary=summary, targets=list(data.targets),
                     baseline_arm=data.baseline_arm, skipped_runs=list(data.skipped), data=data)
 
@@ -257,7 +248,7 @@ def build_report(
             written += figs.written
             report.skipped_figures = figs.skipped
         written += write_tables(summary, tmp, experiment=experiment)
-        written += _sweep_outputs(data, summary, report, tmp, figures, level, n_resamples, seed)
+        written += _sweep_outputs(data, summary, report, tmp, figures, level)
         from analysis.accuracy import write_accuracy_outputs  # only when eval/<task>/<metric> were logged
 
         accuracy_files, accuracy_skipped = write_accuracy_outputs(
@@ -267,7 +258,7 @@ def build_report(
         if figures:
             written += _diagnostic_figures(data, tmp)
         prov = tmp / "report.json"
-        prov.write_text(json.dumps(_provenance(data, report, mode, level, n_resamples, seed),
+        prov.write_text(json.dumps(_provenance(data, report, mode, level),
                                    indent=2, default=str) + "\n", encoding="utf-8")
         written.append(prov)
 

@@ -66,18 +66,28 @@ def run_label(r: "Run") -> str:
     return f"run {r.info.run_id} (arm={arm} seed={seed}{extra})"
 
 
+def diverged(r: "Run") -> bool:
+    """Whether the run diverged: FAILED with the runner's ``datgpt.failure`` tag (a non-finite training loss)."""
+    return r.info.status == "FAILED" and record.TAG_FAILURE in r.data.tags
+
+
 def run_meta(r: "Run") -> dict[str, Any]:
+    """A run's identity as the analysis uses it. ``budget`` is the tokens it was planned to train, steps x
+    tokens per step (``derived.tokens_trained``; ``train.tokens`` in a record without it): a budget that
+    is not a multiple of the tokens per step trains fewer tokens than the YAML says."""
     tags, params = r.data.tags, r.data.params
     seed = parse_int(tags.get(record.TAG_SEED))
     if seed is None:
         seed = parse_int(params.get("seed"))
+    trained = parse_int(params.get(record.PARAM_TOKENS_TRAINED))
     return dict(
         run_id=r.info.run_id,
         parent_run_id=tags.get(record.TAG_PARENT, ""),
         arm=tags.get(record.TAG_ARM),
         seed=seed,
-        budget=parse_int(params.get(record.PARAM_BUDGET)),
+        budget=trained if trained is not None else parse_int(params.get(record.PARAM_BUDGET)),
         context_length=parse_int(params.get(record.PARAM_CONTEXT)),
+        diverged=diverged(r),
         model_kind=tags.get(record.TAG_MODEL_KIND),
         status=r.info.status,
         start_time=r.info.start_time,

@@ -13,13 +13,21 @@ summary`` and the figures. The per-curve rules (interpolation, budget mode) are 
 * *censored* (``≥``): the target was never met, so the crossing is beyond the largest budget (budget
   mode) or the last evaluation (curve mode): that value is a lower bound.
 
+**Diverged seeds.** A main run that diverged (a non-finite training loss: the run is FAILED and tagged
+``datgpt.failure``) is a seed that never reached the target, not a seed to drop: in curve mode it is its
+curve up to the divergence (a crossing before it counts, else it is censored at its last evaluation); in
+budget mode its budget reached no target (its final loss counts as infinite, and a mean final loss it
+enters is infinite). ``n_diverged`` counts such seeds, and the tables say "diverged".
+
 An arm's tokens to target is the mean over **all** its seeds, each at its value above. Where some
 seeds are censored the mean is a lower bound (``≥``); where some are at first, an upper bound (``≤``);
 where both, no bound holds and the mean is not formed (``?``). The speedup is the baseline's mean over
 the arm's mean, over the seeds both ran (paired); a lower bound on the baseline's side or an upper
 bound on the arm's makes it a lower bound, the opposite an upper bound, and bounds in both directions
-leave it unknown. The bootstrap resamples all paired seeds with the same values, so an interval of a
-bound is the interval of that bound. Seconds to target follow the same rules on training seconds.
+leave it unknown. Its interval is Fieller's for the same ratio of means, paired by seed (two-sided), and
+for a bound only the one-sided limit on its side: ``[low, inf)`` for ``≥``, ``(0, high]`` for ``≤``
+(:func:`analysis.censoring.ratio_with_ci`; why, in docs/analysis.md). Seconds to target follow the same
+rules on training seconds.
 """
 
 from __future__ import annotations
@@ -34,8 +42,8 @@ import numpy as np
 
 from analysis import record
 from analysis.errors import AnalysisWarning
-from analysis.censoring import (AT_FIRST, CENSORED, EXACT, ArmAtTarget, Crossing, budget_crossing, curve_crossing,
-                                ratio_with_ci)
+from analysis.censoring import (AT_FIRST, CENSORED, EXACT, LOWER, UPPER, ArmAtTarget, Crossing, budget_crossing,
+                                curve_crossing, ratio_with_ci)
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -55,6 +63,7 @@ SUMMARY_COLUMNS = [
     "n_reached",
     "n_at_first",
     "n_censored",
+    "n_diverged",
     "reached",
     "final_val_loss",
     "best_val_loss",
@@ -79,26 +88,27 @@ SUMMARY_COLUMNS = [
 
 @dataclass
 class SeedRuns:
-    """One seed of one arm: its runs as (budget, curve) pairs, largest budget last."""
+    """One seed of one arm: its runs as (budget, curve, diverged) triples, largest budget last."""
 
-    runs: list[tuple[float, "pd.DataFrame"]]
+    runs: list[tuple[float, "pd.DataFrame", bool]]
 
     @property
     def largest(self) -> "pd.DataFrame":
         return self.runs[-1][1]
 
     def final(self) -> float:
-        return float(self.largest["value"].iloc[-1])
+        """The last validation loss of the largest budget; infinite when that run diverged."""
+        return math.inf if self.runs[-1][2] else float(self.largest["value"].iloc[-1])
 
     def best(self) -> float:
-        return float(np.nanmin(np.concatenate([r["value"].to_numpy(float) for _, r in self.runs])))
+        return float(np.nanmin(np.concatenate([r["value"].to_numpy(float) for _, r, _ in self.runs])))
 
     def crossing(self, target: float, budget_mode: bool, x: str) -> Crossing | None:
         if budget_mode:
-            finals = [float(r["value"].iloc[-1]) for _, r in self.runs]
-            xs = [b if x == "tokens" else float(r[x].iloc[-1]) for b, r in self.runs]
-            return budget_crossing(xs, finals, target)
-        return curve_crossing(self.largest[x], self.largest["value"], target)
+            finals = [float(r["value"].iloc[-1]) for _, r, _ in self.runs]
+            xs = None if x == "tokens" else [float(r[x].iloc[-1]) for _, r, _ in self.runs]
+            return budget_crossing([b for b, _, _ in self.runs], finals, target, [d for _, _, d in self.runs], xs)
+        return curve_crossing(self.largest[x], self.largest["value"], target, self.runs[-1][2])
 
 
 def _seed_key(seed: Any, run_id: Any) -> Any:
@@ -119,9 +129,9 @@ def _seed_runs(arm_frame: "pd.DataFrame", arm: str, budget_mode: bool) -> dict[A
             b = r["_budget"].iloc[0]
             if math.isnan(b):
                 b = float(r["tokens"].max()) if r["tokens"].notna().any() else math.nan
-            runs.append((b, r))
+            runs.append((b, r, bool(r["_diverged"].iloc[0])))
         runs.sort(key=lambda t: -math.inf if math.isnan(t[0]) else t[0])
-        same = [b for b, _ in runs if b == runs[-1][0] or (math.isnan(b) and math.isnan(runs[-1][0]))]
+        same = [b for b, _, _ in runs if b == runs[-1][0] or (math.isnan(b) and math.isnan(runs[-1][0]))]
         if not budget_mode and len(same) > 1:
             warnings.warn(f"arm {arm!r} seed {key}: {len(same)} runs at the same budget; using run "
                           f"{runs[-1][1]['run_id'].iloc[0]}", AnalysisWarning, stacklevel=3)
@@ -152,6 +162,7 @@ def _val_rows(frame: "pd.DataFrame") -> "pd.DataFrame":
     val["_key"] = [_seed_key(s, r) for s, r in zip(val["seed"], val["run_id"])]
     val["tokens"] = pd.to_numeric(val["tokens"], errors="coerce").astype(float)
     val["elapsed_s"] = pd.to_numeric(val["elapsed_s"], errors="coerce").astype(float)
+    val["_diverged"] = val["diverged"].eq(True) if "diverged" in val.columns else False
     return val
 
 
@@ -170,15 +181,14 @@ def summarize(
     *,
     mode: str = "auto",
     level: float = 0.95,
-    n_resamples: int = 10_000,
-    seed: int = 0,
     loss_unit: str = "token",
 ) -> "pd.DataFrame":
     """One row per (context length, target, arm): tokens/seconds to target and speedups (module docstring).
 
     ``frame`` is the tidy frame of :func:`analysis.load.load_experiment` (columns ``arm, seed, budget,
-    context_length, run_id, step, tokens, elapsed_s, metric, value``; ``budget`` and ``context_length``
-    may be absent); only validation-loss rows are used. Without targets there is one row per
+    context_length, diverged, run_id, step, tokens, elapsed_s, metric, value``; ``budget``,
+    ``context_length`` and ``diverged`` may be absent); only validation-loss rows are used. ``level`` is the
+    confidence level of the speedups' intervals. Without targets there is one row per
     (context length, arm) with ``target`` NaN: the final and best losses.
 
     Mode (per context length): ``"auto"`` uses **budget mode** when *every* arm has runs at two or more
@@ -205,12 +215,11 @@ def summarize(
     rows: list[dict[str, Any]] = []
     for ctx in ctx_values:
         g = val[val["_ctx"].isna()] if math.isnan(ctx) else val[val["_ctx"] == ctx]
-        rows += _context_rows(g, ctx, target_list, baseline_arm, mode,
-                              dict(level=level, n_resamples=n_resamples, seed=seed))
+        rows += _context_rows(g, ctx, target_list, baseline_arm, mode, level)
     out = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     for col in ("context_length", "budget"):
         out[col] = out[col].astype("Int64")
-    for col in ("n_budgets", "n_seeds", "n_reached", "n_at_first", "n_censored"):
+    for col in ("n_budgets", "n_seeds", "n_reached", "n_at_first", "n_censored", "n_diverged"):
         out[col] = out[col].astype(int)
     for col in ("reached", "is_baseline"):
         out[col] = out[col].astype(bool)
@@ -223,7 +232,7 @@ def summarize(
 
 
 def _context_rows(g: "pd.DataFrame", ctx: float, targets: list[float], baseline_arm: str, mode: str,
-                  ci: dict[str, Any]) -> list[dict[str, Any]]:
+                  level: float) -> list[dict[str, Any]]:
     """The rows of one context length."""
     import pandas as pd
 
@@ -260,18 +269,19 @@ def _context_rows(g: "pd.DataFrame", ctx: float, targets: list[float], baseline_
             tokens, secs = (base_tokens, base_secs) if arm == baseline_arm else (
                 at(arm, target, "tokens"), at(arm, target, "elapsed_s"))
             row.update(n_reached=tokens.count(EXACT, AT_FIRST), n_at_first=tokens.count(AT_FIRST),
-                       n_censored=tokens.count(CENSORED), reached=tokens.count(EXACT, AT_FIRST) > 0,
+                       n_censored=tokens.count(CENSORED), n_diverged=tokens.n_diverged,
+                       reached=tokens.count(EXACT, AT_FIRST) > 0,
                        tokens_to_target=tokens.mean, tokens_to_target_std=tokens.std,
                        tokens_to_target_bound=tokens.bound, seconds_to_target=secs.mean,
                        seconds_to_target_bound=secs.bound)
-            row.update(_speedups(arm, baseline_arm, tokens, secs, base_tokens, base_secs, ci))
+            row.update(_speedups(arm, baseline_arm, tokens, secs, base_tokens, base_secs, level))
             rows.append(row)
     return rows
 
 
 def _no_target() -> dict[str, Any]:
     nan = math.nan
-    return dict(n_reached=0, n_at_first=0, n_censored=0, reached=False, tokens_to_target=nan,
+    return dict(n_reached=0, n_at_first=0, n_censored=0, n_diverged=0, reached=False, tokens_to_target=nan,
                 tokens_to_target_std=nan, tokens_to_target_bound="", seconds_to_target=nan,
                 seconds_to_target_bound="", speedup=nan, speedup_ci_low=nan, speedup_ci_high=nan,
                 speedup_bound="", time_speedup=nan, time_speedup_ci_low=nan, time_speedup_ci_high=nan,
@@ -279,15 +289,15 @@ def _no_target() -> dict[str, Any]:
 
 
 def _speedups(arm: str, baseline_arm: str, tokens: ArmAtTarget, secs: ArmAtTarget,
-              base_tokens: ArmAtTarget | None, base_secs: ArmAtTarget | None, ci: dict[str, Any]) -> dict[str, Any]:
+              base_tokens: ArmAtTarget | None, base_secs: ArmAtTarget | None, level: float) -> dict[str, Any]:
     nan = math.nan
     if arm == baseline_arm:  # against itself: 1 by definition
         return dict(speedup=1.0, speedup_ci_low=nan, speedup_ci_high=nan, speedup_bound="", time_speedup=1.0,
                     time_speedup_ci_low=nan, time_speedup_ci_high=nan, time_speedup_bound="")
     if base_tokens is None or base_secs is None:  # no baseline at this context length
         return {k: v for k, v in _no_target().items() if "speedup" in k}
-    sp = ratio_with_ci(base_tokens, tokens, **ci)
-    tsp = ratio_with_ci(base_secs, secs, **ci)
+    sp = ratio_with_ci(base_tokens, tokens, level=level)
+    tsp = ratio_with_ci(base_secs, secs, level=level)
     return dict(speedup=sp[0], speedup_ci_low=sp[1], speedup_ci_high=sp[2], speedup_bound=sp[3],
                 time_speedup=tsp[0], time_speedup_ci_low=tsp[1], time_speedup_ci_high=tsp[2],
                 time_speedup_bound=tsp[3])
@@ -299,14 +309,18 @@ def _speedups(arm: str, baseline_arm: str, tokens: ArmAtTarget, secs: ArmAtTarge
 ANSWER_TARGET_COLUMNS = ("tokens_to_target", "seconds_to_target")
 ANSWER_SPEEDUP_COLUMNS = ("speedup", "speedup_ci_low", "speedup_ci_high",
                           "time_speedup", "time_speedup_ci_low", "time_speedup_ci_high")
+#: the bound direction of a summary number (its ``<column>_bound``) as the value of its sibling metric
+BOUND_METRIC_VALUES = {"": record.BOUND_EXACT, LOWER: record.BOUND_LOWER, UPPER: record.BOUND_UPPER}
 
 
 def answer_metrics(summary: "pd.DataFrame") -> dict[str, float]:
     """The summary's numbers as parent-run metrics (names: :func:`analysis.record.answer_metric`).
 
     Per arm its final validation loss; per arm and target its tokens and seconds to target; per other
-    arm and target the speedups with their interval bounds. NaN cells (not formed) are left out; a bound
-    (``≥``/``≤``) is logged as its value, and the tables say which it is.
+    arm and target the speedups with their confidence limits. NaN and infinite cells (not formed, or no
+    limit on that side) are left out. A number that can be a bound (tokens, seconds, speedups) is logged
+    as its value, and beside it its direction (:func:`analysis.record.answer_bound_metric`:
+    ``record.BOUND_EXACT``, ``BOUND_LOWER`` for ``≥``, ``BOUND_UPPER`` for ``≤``).
     """
     import pandas as pd
 
@@ -316,19 +330,21 @@ def answer_metrics(summary: "pd.DataFrame") -> dict[str, float]:
     several = ctx.dropna().nunique() > 1
     out: dict[str, float] = {}
 
-    def put(name: str, value: Any) -> None:
+    def put(name: str, value: Any) -> bool:
         v = float(value)
         if math.isfinite(v):
             out[name] = v
+        return math.isfinite(v)
 
     for _, r in summary.iterrows():
         c = None if not several or pd.isna(r["context_length"]) else int(r["context_length"])
         put(record.answer_metric(r["arm"], "final_val_loss", context_length=c), r["final_val_loss"])
         if pd.isna(r["target"]):
             continue
-        for col in ANSWER_TARGET_COLUMNS:
-            put(record.answer_metric(r["arm"], col, r["target"], c), r[col])
-        if not r["is_baseline"]:
-            for col in ANSWER_SPEEDUP_COLUMNS:
-                put(record.answer_metric(r["arm"], col, r["target"], c), r[col])
+        columns = ANSWER_TARGET_COLUMNS + (() if r["is_baseline"] else ANSWER_SPEEDUP_COLUMNS)
+        for col in columns:
+            logged = put(record.answer_metric(r["arm"], col, r["target"], c), r[col])
+            bound = r.get(f"{col}_bound")
+            if logged and bound in BOUND_METRIC_VALUES:
+                out[record.answer_bound_metric(r["arm"], col, r["target"], c)] = BOUND_METRIC_VALUES[bound]
     return out

@@ -97,12 +97,21 @@ def compare_methods(full: pd.DataFrame, cooldown: pd.DataFrame) -> pd.DataFrame:
     """Tokens to target from cooldown branches next to those from full runs, per (target, arm).
 
     Both inputs are :func:`analysis.summary.summarize` tables (budget mode). ``difference`` is
-    cooldown / full - 1 (0.05 = the cooldown estimate needs 5 % more tokens); speedups of each are kept.
+    cooldown / full - 1 (0.05 = the cooldown estimate needs 5 % more tokens), NaN where either is a bound (a
+    censored seed: ``tokens_to_target_bound``); speedups of each are kept, with their bounds.
     """
     keys = ["context_length", "target", "arm"]
-    cols = ["tokens_to_target", "speedup", "final_val_loss", "mode", "n_budgets"]
+    cols = ["tokens_to_target", "tokens_to_target_bound", "speedup", "speedup_bound", "final_val_loss", "mode",
+            "n_budgets"]
+    full, cooldown = (f.reindex(columns=list(f.columns) + [c for c in cols if c not in f.columns])
+                      for f in (full, cooldown))
     left = full[keys + cols].rename(columns={c: f"{c}_full" for c in cols})
     right = cooldown[keys + cols].rename(columns={c: f"{c}_cooldown" for c in cols})
     merged = left.merge(right, on=keys, how="outer")
-    merged["difference"] = merged["tokens_to_target_cooldown"] / merged["tokens_to_target_full"] - 1.0
+    exact = ~(_bounded(merged["tokens_to_target_bound_full"]) | _bounded(merged["tokens_to_target_bound_cooldown"]))
+    merged["difference"] = (merged["tokens_to_target_cooldown"] / merged["tokens_to_target_full"] - 1.0).where(exact)
     return merged.sort_values(keys, ascending=[True, False, True], kind="stable", ignore_index=True)
+
+
+def _bounded(bounds: pd.Series) -> pd.Series:
+    return bounds.fillna("").astype(str).ne("")

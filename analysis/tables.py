@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 __all__ = ["display_frame", "format_summary", "to_markdown", "to_latex", "write_tables", "format_lr_table",
@@ -17,6 +18,9 @@ __all__ = ["display_frame", "format_summary", "to_markdown", "to_latex", "write_
 
 NOT_REACHED = "n.r."
 UNKNOWN = "< 1st budget"  # both arms met the target at the smallest budget: no ratio or bound can be formed
+INFINITY = "\u221e"
+#: the speedups' interval, as every footnote, caption and report.json names it (docs/analysis.md says why)
+INTERVAL_NAME = "Fieller interval for the ratio of means, paired by seed"
 
 
 def _f(v: Any) -> float:
@@ -56,16 +60,27 @@ def _seconds(v: Any) -> str:
 
 def _loss(v: Any) -> str:
     v = _f(v)
+    if v == math.inf:  # a seed's run at the largest budget diverged
+        return "diverged"
     return f"{v:.3f}" if math.isfinite(v) else "--"
 
 
-def _ratio(point: Any, low: Any, high: Any) -> str:
+def _limit(v: float) -> str:
+    return INFINITY if v == math.inf else f"{v:.2f}"
+
+
+def _ratio(point: Any, low: Any, high: Any, bound: str = "") -> str:
+    """``2.72 [1.93, 3.75]``; a lower bound with its one-sided limit ``≥ 2.62 [2.10, ∞)``, an upper
+    bound ``≤ 1.50 (0, 1.90]``; ``2.25 [1.10, ∞)`` when the interval has no upper end."""
     p, lo, hi = _f(point), _f(low), _f(high)
-    if not math.isfinite(p):
+    if math.isnan(p):
         return NOT_REACHED
-    if math.isfinite(lo) and math.isfinite(hi):
-        return f"{p:.2f} [{lo:.2f}, {hi:.2f}]"
-    return f"{p:.2f}"
+    text = _bounded(_limit(p), bound)
+    if bound == "upper" and math.isfinite(hi):
+        return f"{text} (0, {_limit(hi)}]"
+    if bound != "upper" and math.isfinite(lo) and not math.isnan(hi):
+        return f"{text} [{_limit(lo)}, {_limit(hi)}{')' if hi == math.inf else ']'}"
+    return text
 
 
 def format_target(t: Any) -> str:
@@ -89,13 +104,30 @@ def _to_target(value: Any, bound: str, n_reached: int, fmt, sd: Any = None, pm: 
     return f"{fmt(value)} {pm} {fmt(sd)}" if math.isfinite(_f(sd)) else fmt(value)
 
 
-def _speedup_cell(r: pd.Series, prefix: str) -> str:
+def _speedup_cell(r: pd.Series, prefix: str, base: pd.Series | None) -> str:
     bound = str(r.get(f"{prefix}_bound", "") or "")
     if bound == "unknown":
         if int(r["n_reached"]) == 0:
             return NOT_REACHED
-        return UNKNOWN if int(r.get("n_at_first", 0) or 0) else "?"
-    return _bounded(_ratio(r[prefix], r[f"{prefix}_ci_low"], r[f"{prefix}_ci_high"]), bound)
+        return UNKNOWN if _both_at_first(r, base) else "?"
+    return _ratio(r[prefix], r[f"{prefix}_ci_low"], r[f"{prefix}_ci_high"], bound)
+
+
+def _both_at_first(r: pd.Series, base: pd.Series | None) -> bool:
+    """Whether a speedup is unknown only because both arms met the target at their first budget (or
+    evaluation): some seeds of each did, and no seed of either was censored."""
+    if base is None:
+        return False
+    return all(int(x.get("n_at_first", 0) or 0) > 0 and int(x.get("n_censored", 0) or 0) == 0 for x in (r, base))
+
+
+def _reached(r: pd.Series) -> str:
+    n_diverged = int(r.get("n_diverged", 0) or 0)
+    return f"{int(r['n_reached'])}/{int(r['n_seeds'])}" + (f" ({n_diverged} diverged)" if n_diverged else "")
+
+
+def _row_key(r: pd.Series) -> tuple:
+    return (None if pd.isna(r["context_length"]) else int(r["context_length"]), _f(r["target"]))
 
 
 def display_frame(summary: pd.DataFrame, *, pm: str = "\u00b1") -> pd.DataFrame:
@@ -103,6 +135,7 @@ def display_frame(summary: pd.DataFrame, *, pm: str = "\u00b1") -> pd.DataFrame:
     multi_ctx = summary["context_length"].dropna().nunique() > 1 if not summary.empty else False
     multi_mode = summary["mode"].nunique() > 1 if not summary.empty else False
     no_targets = summary.empty or bool(summary["target"].isna().all())
+    baselines = {_row_key(r): r for _, r in summary.iterrows() if bool(r["is_baseline"])} if not no_targets else {}
     rows = []
     for _, r in summary.iterrows():
         row: dict[str, str] = {}
@@ -128,9 +161,10 @@ def display_frame(summary: pd.DataFrame, *, pm: str = "\u00b1") -> pd.DataFrame:
         if bool(r["is_baseline"]):
             row["Speedup (tokens)"] = row["Speedup (time)"] = "baseline"
         else:
-            row["Speedup (tokens)"] = _speedup_cell(r, "speedup")
-            row["Speedup (time)"] = _speedup_cell(r, "time_speedup")
-        row["Reached"] = f"{n_reached}/{int(r['n_seeds'])}"
+            base = baselines.get(_row_key(r))
+            row["Speedup (tokens)"] = _speedup_cell(r, "speedup", base)
+            row["Speedup (time)"] = _speedup_cell(r, "time_speedup", base)
+        row["Reached"] = _reached(r)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -139,12 +173,14 @@ def display_frame(summary: pd.DataFrame, *, pm: str = "\u00b1") -> pd.DataFrame:
 CENSORING_NOTE = (
     "Every seed counts: a seed that never reached a target is censored at its largest budget (budget mode) or "
     "last evaluation (curve mode), so a mean or speedup it enters is a bound: \u2265 a lower bound, \u2264 an "
-    "upper bound (the target was already met at the smallest budget); ? = bounds in both directions, no "
-    f"number can be formed; {NOT_REACHED} (\u2265 X) = no seed reached it, X being the mean censoring point."
+    "upper bound (the target was already met at the first budget or evaluation that could show it); ? = bounds "
+    f"in both directions, no number can be formed; {NOT_REACHED} (\u2265 X) = no seed reached it, X being the mean "
+    "censoring point."
 )
 
 
-def _notes(summary: pd.DataFrame) -> str:
+def _notes(summary: pd.DataFrame, disp: pd.DataFrame) -> str:
+    """The footnote of the table ``disp`` (:func:`display_frame` of ``summary``): what every number is."""
     baseline = summary.attrs.get("baseline_arm")
     if baseline is None and not summary.empty and summary["is_baseline"].any():
         baseline = summary.loc[summary["is_baseline"], "arm"].iloc[0]
@@ -160,21 +196,54 @@ def _notes(summary: pd.DataFrame) -> str:
         "budget": "budget mode (final loss of runs at several token budgets, interpolated "
                   "in log tokens)",
     }
+    kinds = _interval_kinds(summary)
     parts = [
         f"Target: validation loss (nats/{unit})" + (" (one token = one UTF-8 byte)." if unit == "byte" else "."),
         "Tokens/time to target: " + "; ".join(mode_txt[m] for m in modes if m in mode_txt)
         + ", mean over all seeds (\u00b1 1 s.d. with several seeds).",
-        f"Speedup = {baseline} / arm, in tokens and in training wall-clock time; brackets: "
-        f"{level:.0%} bootstrap CI over seeds (paired by seed).",
-        "Reached = seeds that reached the target / seeds run.",
+        f"Speedup = {baseline} / arm, in tokens and in training wall-clock time: the ratio of the two arms' "
+        f"means over the seeds both ran; brackets: {level:.0%} {INTERVAL_NAME} (none with fewer than 2 "
+        "paired seeds)" + ("; for a bound (\u2265, \u2264) only its one-sided limit, [L, \u221e) or (0, U]"
+                          if "one-sided" in kinds else "") + ".",
     ]
+    if "unbounded" in kinds:
+        parts.append(f"[L, {INFINITY}) beside an exact ratio: no upper end at this level, the arm's mean is not "
+                     f"significantly above 0 with these seeds.")
+    if "infinite" in kinds:
+        parts.append(f"{INFINITY} = the arm needed 0 tokens (it was at the target before training).")
+    reached = "Reached = seeds that reached the target / seeds run"
+    if "n_diverged" in summary.columns and (summary["n_diverged"] > 0).any():
+        reached += ("; diverged = seeds whose run diverged (a non-finite training loss): each counts, as a seed "
+                    "that did not reach what it had not reached by then")
+    parts.append(reached + ".")
     bounded = summary[[c for c in summary.columns if c.endswith("_bound")]].astype(str).ne("").any().any()
     if bounded or (summary["n_censored"] > 0).any() or (summary["n_at_first"] > 0).any():
         parts.append(CENSORING_NOTE)
-        if (summary["n_at_first"] > 0).any():
-            parts.append(f"{UNKNOWN}: both arms met the target at the smallest budget; add a smaller budget "
-                         f"to measure it.")
+    if disp.isin([UNKNOWN]).any().any():
+        parts.append(f"{UNKNOWN}: both arms met the target at the smallest budget; add a smaller budget to "
+                     f"measure it.")
     return " ".join(parts)
+
+
+def _interval_kinds(summary: pd.DataFrame) -> set[str]:
+    """Which kinds of speedup cell the table has: ``one-sided`` limits of bounds, ``unbounded`` two-sided
+    intervals (no upper end), ``infinite`` speedups (the arm at the target before training)."""
+    kinds = set()
+    for prefix in ("speedup", "time_speedup"):
+        if f"{prefix}_bound" not in summary.columns:
+            continue
+        bound = summary[f"{prefix}_bound"].fillna("").astype(str)
+        point, low, high = (pd.to_numeric(summary[c], errors="coerce").to_numpy(float)
+                            for c in (prefix, f"{prefix}_ci_low", f"{prefix}_ci_high"))
+        other = ~summary["is_baseline"].astype(bool).to_numpy()
+        if (other & (((bound == "lower").to_numpy() & np.isfinite(low))
+                     | ((bound == "upper").to_numpy() & np.isfinite(high)))).any():
+            kinds.add("one-sided")
+        if (other & (bound == "").to_numpy() & np.isfinite(low) & (high == np.inf)).any():
+            kinds.add("unbounded")
+        if (other & (point == np.inf)).any():
+            kinds.add("infinite")
+    return kinds
 
 
 def to_markdown(summary: pd.DataFrame, *, notes: bool = True) -> str:
@@ -197,7 +266,7 @@ def to_markdown(summary: pd.DataFrame, *, notes: bool = True) -> str:
         lines.append("| " + " | ".join(cell(c, r[c]) for c in cols) + " |")
     out = "\n".join(lines) + "\n"
     if notes:
-        out += "\n" + _notes(summary) + "\n"
+        out += "\n" + _notes(summary, disp) + "\n"
     return out
 
 
@@ -217,7 +286,8 @@ def latex_escape(text: str) -> str:
 
 
 def tex_symbols(text: str) -> str:
-    return text.replace("\u00b1", r"$\pm$").replace("\u2264", r"$\le$").replace("\u2265", r"$\ge$")
+    return (text.replace("\u00b1", r"$\pm$").replace("\u2264", r"$\le$").replace("\u2265", r"$\ge$")
+            .replace(INFINITY, r"$\infty$"))
 
 
 def to_latex(summary: pd.DataFrame, *, experiment: str | None = None,
@@ -260,7 +330,7 @@ def to_latex(summary: pd.DataFrame, *, experiment: str | None = None,
 
     caption = (f"Tokens and training time to reach each target validation loss, experiment "
                f"\\texttt{{{latex_escape(name)}}}. "
-               + tex_symbols(latex_escape(_notes(summary))))
+               + tex_symbols(latex_escape(_notes(summary, disp))))
     lines = [
         f"% Generated by `python -m analysis figures` from MLflow experiment {name}.",
         "% Requires \\usepackage{booktabs}.",
@@ -337,14 +407,23 @@ def write_lr_tables(table: pd.DataFrame, out_dir: Path) -> list[Path]:
 
 def format_cooldown_table(table: pd.DataFrame) -> str:
     """:func:`analysis.sweeps.compare_methods` as Markdown: tokens to target from full runs and from
-    cooldown branches, their difference and each method's speedup."""
+    cooldown branches, their difference and each method's speedup; a bound (a censored seed) is marked
+    ``\u2265``/``\u2264`` and has no difference."""
     lines = ["| Target | Arm | Tokens (full) | Tokens (cooldown) | Difference | Speedup (full) | Speedup (cooldown) |",
              "| -----: | :-- | ------------: | ----------------: | ---------: | -------------: | -----------------: |"]
+
+    def bound(v: Any) -> str:
+        return "" if not isinstance(v, str) else v
+
     for row in table.itertuples():
         diff = _f(row.difference)
         diff_text = f"{diff:+.1%}" if math.isfinite(diff) else "--"
-        speed = [f"{_f(v):.2f}" if math.isfinite(_f(v)) else NOT_REACHED
-                 for v in (row.speedup_full, row.speedup_cooldown)]
-        lines.append(f"| {format_target(row.target)} | {row.arm} | {_tokens(row.tokens_to_target_full)} | "
-                     f"{_tokens(row.tokens_to_target_cooldown)} | {diff_text} | {speed[0]} | {speed[1]} |")
+        speed = [_bounded(f"{_f(v):.2f}", bound(b)) if math.isfinite(_f(v)) else NOT_REACHED
+                 for v, b in ((row.speedup_full, row.speedup_bound_full),
+                              (row.speedup_cooldown, row.speedup_bound_cooldown))]
+        tokens = [_bounded(_tokens(v), bound(b))
+                  for v, b in ((row.tokens_to_target_full, row.tokens_to_target_bound_full),
+                               (row.tokens_to_target_cooldown, row.tokens_to_target_bound_cooldown))]
+        lines.append(f"| {format_target(row.target)} | {row.arm} | {tokens[0]} | {tokens[1]} | {diff_text} | "
+                     f"{speed[0]} | {speed[1]} |")
     return "\n".join(lines)

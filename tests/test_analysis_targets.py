@@ -16,8 +16,8 @@ from analysis.errors import AnalysisWarning
 from analysis.summary import summarize
 from analysis.tables import to_latex, to_markdown
 from analysis.targets import (
-    bootstrap_ci,
     budget_tokens_to_target,
+    fieller_interval,
     seconds_to_target,
     speedup,
     tokens_to_target,
@@ -111,7 +111,7 @@ def test_budget_mode_averages_duplicate_budgets():
     assert budget_tokens_to_target([1e6, 1e6, 4e6], [3.2, 2.8, 2.0], 2.5) == pytest.approx(2e6)
 
 
-# ---------------------------------------------------------------- speedup and bootstrap
+# ---------------------------------------------------------------- speedup and its interval
 
 
 def test_speedup():
@@ -119,45 +119,58 @@ def test_speedup():
     assert speedup(None, 100.0) is None
     assert speedup(100.0, None) is None
     assert speedup(float("nan"), 100.0) is None
-    assert speedup(100.0, 0.0) is None
+    assert speedup(100.0, 0.0) == math.inf  # the other arm was at the target before training
+    assert speedup(0.0, 0.0) is None
 
 
-def test_bootstrap_identical_seeds_collapses_to_point():
-    lo, hi = bootstrap_ci([2e6, 2e6, 2e6], [1e6, 1e6, 1e6])
+def test_fieller_identical_seeds_collapse_to_the_point():
+    lo, hi = fieller_interval([2e6, 2e6, 2e6], [1e6, 1e6, 1e6])
     assert lo == pytest.approx(2.0) and hi == pytest.approx(2.0)
 
 
-def test_bootstrap_contains_true_speedup_and_is_reproducible():
-    rng = np.random.default_rng(1)
-    base = rng.uniform(0.8e6, 1.2e6, size=8)
-    other = base / 2.0 * rng.uniform(0.95, 1.05, size=8)  # true speedup 2, noisy per seed
-    ci = bootstrap_ci(base, other, n_resamples=4000, seed=7)
-    assert ci is not None
-    lo, hi = ci
-    assert lo < 2.0 < hi
-    assert hi - lo < 0.2
-    assert bootstrap_ci(base, other, n_resamples=4000, seed=7) == ci  # fixed RNG seed
-    wider = bootstrap_ci(base, other, n_resamples=4000, seed=7, level=0.99)
-    assert wider[0] <= lo and wider[1] >= hi
+def _paired_t(b, o, rho):
+    d = np.asarray(b, float) - rho * np.asarray(o, float)
+    return d.mean() / (d.std(ddof=1) / math.sqrt(d.size))
 
 
-def test_bootstrap_pairs_by_seed_in_mappings():
-    base = {0: 1e6, 1: 2e6, 2: 3e6, 9: 5e6}
-    other = {2: 1.5e6, 1: 1e6, 0: 0.5e6}  # exactly half for every shared seed; seed 9 unpaired
-    lo, hi = bootstrap_ci(base, other)
-    assert lo == pytest.approx(2.0) and hi == pytest.approx(2.0)
-    # independent resampling ignores the pairing, so the same data gives a wide interval
-    lo_i, hi_i = bootstrap_ci(base, other, paired=False)
-    assert hi_i - lo_i > 0.5
+def test_fieller_limits_are_where_the_paired_t_test_rejects():
+    """Written again from the definition: the limits are the ratios at which the paired t statistic of
+    baseline - rho * other reaches the t quantile; inside, it does not."""
+    from scipy import stats
+
+    base, other = [1500.0, 1333.0, 1444.0, 1610.0], [700.0, 598.0, 650.0, 801.0]
+    lo, hi = fieller_interval(base, other, level=0.9)
+    t = stats.t.ppf(0.95, 3)
+    assert _paired_t(base, other, lo) == pytest.approx(t, rel=1e-9)
+    assert _paired_t(base, other, hi) == pytest.approx(-t, rel=1e-9)
+    assert abs(_paired_t(base, other, (lo + hi) / 2)) < t
+    assert lo < np.mean(base) / np.mean(other) < hi
+    # one-sided limits use the one-sided quantile: tighter on their side, nothing on the other
+    low, inf = fieller_interval(base, other, level=0.95, side="lower")
+    zero, high = fieller_interval(base, other, level=0.95, side="upper")
+    assert (inf, zero) == (math.inf, 0.0)
+    assert low == pytest.approx(lo) and high == pytest.approx(hi)  # 95 % one-sided = 90 % two-sided
+    wider = fieller_interval(base, other, level=0.99)
+    assert wider[0] < lo and wider[1] > hi
 
 
-def test_bootstrap_needs_two_seeds_and_validates_arguments():
-    assert bootstrap_ci([1.0], [2.0]) is None
-    assert bootstrap_ci([1.0, np.nan], [2.0, 1.0]) is None
+def test_fieller_has_no_upper_end_when_the_arm_mean_is_not_above_zero():
+    """Two seeds far apart on the arm's side: its mean is not significantly above 0 at 95 %, so no ratio
+    above the point can be rejected."""
+    lo, hi = fieller_interval([1500.0, 1400.0], [100.0, 900.0])
+    assert hi == math.inf and 0.0 <= lo < 2900 / 1000
+
+
+def test_fieller_needs_two_pairs_and_validates_arguments():
+    assert fieller_interval([1.0], [2.0]) is None
+    assert fieller_interval([1.0, np.nan], [2.0, 1.0]) is None
+    assert fieller_interval([1.0, 2.0], [0.0, 0.0]) is None  # no ratio: every arm value is 0
     with pytest.raises(ValueError):
-        bootstrap_ci([1.0, 2.0], [1.0, 2.0], level=1.5)
+        fieller_interval([1.0, 2.0], [1.0, 2.0], level=1.5)
     with pytest.raises(ValueError):
-        bootstrap_ci([1.0, 2.0], [1.0])
+        fieller_interval([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError):
+        fieller_interval([1.0, 2.0], [1.0, 2.0], side="left")
 
 
 # ---------------------------------------------------------------- summarize on a hand-built frame
@@ -216,7 +229,7 @@ def test_summarize_identical_seeds_give_point_interval():
     for seed in (0, 1, 2):
         runs.append(dict(arm="gpt", seed=seed, points=_line(10, 0.01, 0, 801, 100)))
         runs.append(dict(arm="ngpt", seed=seed, points=_line(10, 0.04, 0, 201, 25)))
-    s = summarize(_frame(runs), [6.0], "gpt", n_resamples=500).set_index("arm")
+    s = summarize(_frame(runs), [6.0], "gpt").set_index("arm")
     assert s.loc["ngpt", "n_seeds"] == 3 and s.loc["ngpt", "n_reached"] == 3
     assert s.loc["ngpt", "speedup"] == pytest.approx(4.0)
     assert s.loc["ngpt", "speedup_ci_low"] == pytest.approx(4.0)
@@ -270,7 +283,7 @@ def test_budget_mode_flags_targets_reached_at_the_smallest_budget():
     finals = {"gpt": {1000: 6.0, 2000: 5.0, 4000: 4.0}, "ngpt": {1000: 4.5, 2000: 3.5, 4000: 2.5}}
     runs = [dict(arm=arm, seed=seed, budget=b, points=[(0, 11.0), (b, loss)])
             for arm, by_budget in finals.items() for b, loss in by_budget.items() for seed in (0, 1)]
-    s = summarize(_frame(runs), [6.5, 4.5, 3.0], "gpt", n_resamples=200).set_index(["target", "arm"])
+    s = summarize(_frame(runs), [6.5, 4.5, 3.0], "gpt").set_index(["target", "arm"])
     assert s.loc[(6.5, "gpt"), "n_at_first"] == 2 and s.loc[(6.5, "gpt"), "tokens_to_target"] == 1000
     assert math.isnan(s.loc[(6.5, "ngpt"), "speedup"]) and s.loc[(6.5, "ngpt"), "speedup_bound"] == "unknown"
     assert s.loc[(4.5, "ngpt"), "n_at_first"] == 2 and s.loc[(4.5, "gpt"), "n_at_first"] == 0
@@ -329,7 +342,7 @@ def test_tables_render_arms_targets_and_escape_latex():
         runs.append(dict(arm="gpt", seed=seed, points=_line(10, 0.01, 0, 801, 100)))
         runs.append(dict(arm="gpt_qknorm", seed=seed,
                          points=[(t, 10 - (0.02 + 0.001 * seed) * t) for t in range(0, 801, 100)]))
-    s = summarize(_frame(runs), [6.0, 0.5], "gpt", n_resamples=200)
+    s = summarize(_frame(runs), [6.0, 0.5], "gpt")
     md = to_markdown(s)
     assert "| gpt_qknorm" in md and "baseline" in md and "n.r." in md
     assert "| Target" in md and " 0.5 |" in md and " 6.0 |" in md

@@ -155,3 +155,30 @@ def test_numbers_match_an_independent_reading_of_the_curves(answered):
         else:
             assert name not in metrics
     assert checked_speedups > 0
+
+
+def test_the_parent_run_says_which_numbers_are_bounds(answered, tmp_path):
+    """Beside each answer metric that can be a bound, a metric says which kind of number it is (read back with
+    the MLflow client): a lower bound logged as a plain number reads as an estimate in the runs table."""
+    _folder, uri, _printed = answered
+    client, _exp, parent, children = _parent(uri)
+    path = client.download_artifacts(parent.info.run_id, f"{record.REPORT_DIR}/summary.csv", str(tmp_path))
+    summary = pd.read_csv(path)
+    metrics = parent.data.metrics
+    code = {"": record.BOUND_EXACT, "lower": record.BOUND_LOWER, "upper": record.BOUND_UPPER}
+    seen = set()
+    for row in summary.itertuples():
+        for quantity in ("tokens_to_target", "seconds_to_target") + (() if row.arm == "gpt" else ("speedup",)):
+            bound = getattr(row, f"{quantity}_bound")
+            bound = "" if isinstance(bound, float) and math.isnan(bound) else bound
+            name = record.answer_bound_metric(row.arm, quantity, row.target)
+            if record.answer_metric(row.arm, quantity, row.target) in metrics:
+                assert metrics[name] == code[bound], name
+                seen.add(bound)
+            else:
+                assert name not in metrics and bound == "unknown", name
+    assert {"", "lower", "upper"} <= seen
+    # budgets as trained: every child run records the tokens it trained, the tokens of its last step
+    for child in children:
+        last = max(m.value for m in client.get_metric_history(child.info.run_id, record.TOKENS))
+        assert int(child.data.params[record.PARAM_TOKENS_TRAINED]) == last

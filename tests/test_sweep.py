@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from analysis.sweeps import chosen_lrs, compare_methods, edge_warnings, select_lr
+from analysis.tables import format_cooldown_table
 from training import session, sweep
 from training.data.corpus import load_splits
 from training.distributed import DistInfo
@@ -153,6 +154,12 @@ def test_compare_methods_difference():
     out = compare_methods(full, cool)
     assert out["difference"].tolist() == pytest.approx([0.1, 0.0])
     assert out["speedup_cooldown"].tolist() == [1.0, 2.75]
+    # a censored gpt seed makes its tokens a lower bound: marked, and no difference of bounds
+    bounded = compare_methods(full.assign(tokens_to_target_bound=["lower", ""], speedup_bound=["", "lower"]),
+                              cool.assign(tokens_to_target_bound="", speedup_bound=""))
+    assert math.isnan(bounded["difference"].iloc[0]) and bounded["difference"].iloc[1] == 0.0
+    text = format_cooldown_table(bounded)
+    assert "| \u2265 1.00k | 1.10k | -- |" in text and "| \u2265 2.50 | 2.75 |" in text
 
 
 # ------------------------------------------------------------------------------------------ end to end
@@ -255,7 +262,7 @@ def test_sweep_end_to_end_with_cooldown_branches_and_resume(tmp_path, monkeypatc
 
     from analysis.report import build_report
 
-    report = build_report("tiny_sweep", tmp_path / "figures", tracking_uri=uri, n_resamples=100)
+    report = build_report("tiny_sweep", tmp_path / "figures", tracking_uri=uri)
     assert chosen_lrs(report.lr_search) == {("gpt", 256): 1e-2}
     assert set(report.data.runs["run_name"]) == {"gpt-lr0.01-t256-seed0", "gpt-lr0.01-t512-seed0"}
     assert report.cooldown_vs_full is not None

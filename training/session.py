@@ -68,7 +68,7 @@ def _child_params(cfg: ExperimentConfig, arm: ArmConfig, seed: int, runtime, pea
     return {**flatten(arm_to_dict(arm)), **flatten({"data": resolved["data"]}),
             "tokenizer": cfg.tokenizer, "arm": arm.name, "seed": seed,
             "derived.tokens_per_step": arm.tokens_per_step(), "derived.steps": arm.steps(),
-            "derived.tokens_trained": arm.steps() * arm.tokens_per_step(),
+            record.PARAM_TOKENS_TRAINED: arm.steps() * arm.tokens_per_step(),
             "derived.world_size": dist.world_size, "derived.device": str(runtime.device),
             "derived.precision": runtime.precision, "derived.compile": runtime.compile,
             "derived.peak_flops": peak, "derived.torch_version": torch.__version__,
