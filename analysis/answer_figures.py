@@ -32,6 +32,7 @@ def fig_tokens_to_target(summary: pd.DataFrame, styles: dict[str, ArmStyle],
     if not summary["reached"].any():
         raise NotApplicable("no arm reached any target")
     targets = list(dict.fromkeys(summary["target"].tolist()))
+    unit = summary.attrs.get("loss_unit", "token")
     arms = ordered_arms(summary["arm"].unique(), styles)
     others = [a for a in arms if a != baseline_arm]
     has_speedup = bool(np.isfinite(summary.loc[summary["arm"] != baseline_arm, "speedup"]).any())
@@ -62,7 +63,7 @@ def fig_tokens_to_target(summary: pd.DataFrame, styles: dict[str, ArmStyle],
                 ax.annotate("n.r.", xy=(xp, 0.02), xycoords=("data", "axes fraction"),
                             ha="center", va="bottom", fontsize=7, color=st.color, rotation=90)
         mark_bounds(ax, xpos + off, y, rows["tokens_to_target_bound"], st)
-    _categorical_targets(ax, targets)
+    _categorical_targets(ax, targets, unit)
     ax.set_ylabel("tokens to target")
     tokens_axis(ax.yaxis)
     ax.set_ylim(bottom=0)
@@ -90,7 +91,7 @@ def fig_tokens_to_target(summary: pd.DataFrame, styles: dict[str, ArmStyle],
                                 color=st.color, rotation=0 if yy == np.inf else 90)
             mark_bounds(ax, xpos + off, sp, rows["speedup_bound"], st)
         ax.axhline(1.0, color="0.3", linewidth=0.8, linestyle="--", zorder=1)
-        _categorical_targets(ax, targets)
+        _categorical_targets(ax, targets, unit)
         ax.set_ylabel(f"speedup in tokens vs {baseline_arm} (\u00d7)")
         ax.set_ylim(0, 1.1 * max(tops))  # room above the highest marker or bar
     fig.subplots_adjust(wspace=0.35)
@@ -134,9 +135,9 @@ def _summary_seeds(summary: pd.DataFrame, arm: str) -> int:
     return int(n) if np.isfinite(n) else 1
 
 
-def _categorical_targets(ax: Any, targets: Sequence[float]) -> None:
+def _categorical_targets(ax: Any, targets: Sequence[float], unit: str) -> None:
     """The targets as a categorical x axis: one slot per target, labelled by its value, separated by
-    thin lines; no numeric grid (the slots are evenly spaced whatever the values)."""
+    thin lines; no numeric grid (the slots are evenly spaced whatever the values). `unit`: the loss's."""
     xpos = np.arange(len(targets), dtype=float)
     ax.set_xticks(xpos, [format_target(t) for t in targets])
     ax.tick_params(axis="x", length=0)
@@ -145,7 +146,7 @@ def _categorical_targets(ax: Any, targets: Sequence[float]) -> None:
     for k in range(1, len(targets)):
         ax.axvline(k - 0.5, color="0.85", linewidth=0.6, zorder=0)
     ax.set_xlim(-0.5, len(targets) - 0.5)
-    ax.set_xlabel(f"target val. loss (nats/{summary.attrs.get('loss_unit', 'token')})")
+    ax.set_xlabel(f"target val. loss (nats/{unit})")
 
 
 def fig_speedup_vs_context(summary: pd.DataFrame, styles: dict[str, ArmStyle],
