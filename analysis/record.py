@@ -167,7 +167,8 @@ def target_label(target: float) -> str:
 
 #: Quantities of :func:`answer_metric` that the runs table shows (training/mlflow_view.py ``answer_columns``).
 ANSWER_FINAL_LOSS = "final_val_loss"
-ANSWER_SPEEDUP_WITH_INTERVAL = ("speedup", "speedup_ci_low", "speedup_ci_high")
+ANSWER_SPEEDUP_BOUND = "speedup_bound"  # the speedup's kind of number (answer_bound_metric, BOUND_*)
+ANSWER_SPEEDUP_WITH_INTERVAL = ("speedup", ANSWER_SPEEDUP_BOUND, "speedup_ci_low", "speedup_ci_high")
 
 #: each answer metric that can be a bound (tokens and seconds to target, speedups) has a sibling metric,
 #: :func:`answer_bound_metric`, whose value says what kind of number it is: the sign of (true value - logged

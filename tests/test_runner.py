@@ -116,22 +116,29 @@ def test_the_runs_view_keeps_the_hardest_targets_that_fit():
     targets = [7.0, 6.5, 6.2]
     finals = [m("gpt", "final_val_loss"), m("ngpt", "final_val_loss")]
     interval = ("speedup", "speedup_ci_low", "speedup_ci_high")
-    one_seed = {m("ngpt", "speedup", t) for t in targets} | set(finals)  # no interval is formed
+    bound = "speedup_bound"  # logged beside every speedup: 0 exact (no column), +1 / -1 a bound (a column)
+    exact = {m("ngpt", bound, t): 0.0 for t in targets}
+    one_seed = dict.fromkeys([*(m("ngpt", "speedup", t) for t in targets), *finals], 1.0) | exact  # no interval
     one = answer_columns(["gpt", "ngpt"], "gpt", targets, one_seed)
     assert one == [m("ngpt", "speedup", t) for t in targets] + finals
-    three_seeds = {m("ngpt", q, t) for q in interval for t in targets} | set(finals)
+    lower = one_seed | {m("ngpt", bound, 6.2): 1.0}  # "≥" at 6.2: its kind is shown beside it
+    with_bound = answer_columns(["gpt", "ngpt"], "gpt", targets, lower)
+    at = with_bound.index(m("ngpt", "speedup", 6.2))
+    assert with_bound[at + 1] == m("ngpt", bound, 6.2) and sum(bound in c for c in with_bound) == 1
+    three_seeds = dict.fromkeys([m("ngpt", q, t) for q in interval for t in targets] + finals, 1.0) | exact
     three = answer_columns(["gpt", "ngpt"], "gpt", targets, three_seeds)
     assert three == [m("ngpt", q, 6.2) for q in interval] + finals
     assert sum(map(column_width, one)) <= ANSWER_WIDTH and sum(map(column_width, three)) <= ANSWER_WIDTH
     assert sum(map(column_width, three + [m("ngpt", q, 6.5) for q in interval])) > ANSWER_WIDTH  # no room for two
-    unformed = three_seeds - {m("ngpt", q, 6.2) for q in interval}  # no seed reached 6.2: the next hardest
+    unformed = {k: v for k, v in three_seeds.items() if k not in {m("ngpt", q, 6.2) for q in interval}}  # 6.2 unmet
     assert answer_columns(["gpt", "ngpt"], "gpt", targets, unformed) == [m("ngpt", q, 6.5) for q in interval] + finals
     arms = ["gpt", "ngpt", "ngpt_qk"]  # too wide even for one target: the hardest anyway, for every arm
-    many = answer_columns(arms, "gpt", [7.0, 6.2], {m(a, q, t) for a in arms for q in interval for t in (7.0, 6.2)})
+    many = answer_columns(arms, "gpt", [7.0, 6.2], dict.fromkeys([m(a, q, t) for a in arms for q in interval
+                                                                   for t in (7.0, 6.2)], 1.0))
     assert [c for c in many if "speedup_at_" in c] == [m("ngpt", "speedup", 6.2), m("ngpt_qk", "speedup", 6.2)]
     contexts = {"gpt": 64, "ngpt": 256}
     logged = [m("ngpt", "speedup", 7.0, 256), m("gpt", "final_val_loss", None, 64), m("ngpt", "final_val_loss", None, 256)]
-    assert answer_columns(["gpt", "ngpt"], "gpt", [7.0], set(logged), contexts) == logged
+    assert answer_columns(["gpt", "ngpt"], "gpt", [7.0], dict.fromkeys(logged, 1.0), contexts) == logged
     view = runs_view(three)
     assert view["selectedColumns"] == [f"metrics.`{c}`" for c in three] == view["columnOrder"][2:]
     assert all(view["columnWidths"][f"metrics.`{c}`"] == column_width(c) for c in three)

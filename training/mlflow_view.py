@@ -14,7 +14,7 @@ starts; the runner prints both links.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from analysis import record
@@ -85,11 +85,12 @@ def column_width(metric: str) -> int:
     return 20 + 6 * len(metric)
 
 
-def answer_columns(arms: Sequence[str], baseline: str, targets: Sequence[float], logged: Collection[str],
+def answer_columns(arms: Sequence[str], baseline: str, targets: Sequence[float], logged: Mapping[str, float],
                    context_lengths: dict[str, int] | None = None, width: int = ANSWER_WIDTH) -> list[str]:
     """The parent-run metrics the runs table shows (:func:`analysis.record.answer_metric`), of those `logged` on
-    the parent run: for each arm but the baseline, its speedup at the targets with the interval's bounds,
-    then each arm's final validation loss. Targets are taken from the hardest (lowest loss) with a speedup
+    the parent run (`logged`: name -> value): for each arm but the baseline, its speedup at the targets, what
+    kind of number it is where it is a bound (``speedup_bound``: 1 a lower bound, -1 an upper bound; an exact
+    speedup's 0 is left out) and the interval's limits, then each arm's final validation loss. Targets are taken from the hardest (lowest loss) with a speedup
     logged while all these columns fit in `width` pixels, at least one, and shown in the experiment's order.
     ``context_lengths`` (arm -> context length) is given when the arms differ in it: the names then carry
     it, as the answer's do."""
@@ -99,10 +100,13 @@ def answer_columns(arms: Sequence[str], baseline: str, targets: Sequence[float],
     others = [a for a in arms if a != baseline]
     final = [c for c in (name(arm, record.ANSWER_FINAL_LOSS) for arm in arms) if c in logged]
 
+    exact = {c for c in (name(arm, record.ANSWER_SPEEDUP_BOUND, t) for arm in others for t in targets)
+             if logged.get(c) == record.BOUND_EXACT}  # "0: exact" needs no column
+
     def columns(shown: list[float]) -> list[str]:
         every = [name(arm, q, t) for arm in others for t in targets if t in shown
                  for q in record.ANSWER_SPEEDUP_WITH_INTERVAL]
-        return [c for c in every if c in logged] + final
+        return [c for c in every if c in logged and c not in exact] + final
 
     shown: list[float] = []
     for target in sorted(t for t in targets if columns([t]) != final):  # the hardest first
