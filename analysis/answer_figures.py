@@ -15,7 +15,7 @@ from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, NullLocator
 
-from analysis.style import ArmStyle, NotApplicable, caption, ordered_arms, tokens_axis
+from analysis.style import ArmStyle, NotApplicable, caption, loss_label, ordered_arms, tokens_axis
 from analysis.tables import INTERVAL_NAME, format_target
 
 __all__ = ["fig_tokens_to_target", "fig_speedup_vs_context", "mark_bounds"]
@@ -146,7 +146,7 @@ def _categorical_targets(ax: Any, targets: Sequence[float], unit: str) -> None:
     for k in range(1, len(targets)):
         ax.axvline(k - 0.5, color="0.85", linewidth=0.6, zorder=0)
     ax.set_xlim(-0.5, len(targets) - 0.5)
-    ax.set_xlabel(f"target val. loss (nats/{unit})")
+    ax.set_xlabel(loss_label(unit, "target val."))
 
 
 def fig_speedup_vs_context(summary: pd.DataFrame, styles: dict[str, ArmStyle],

@@ -217,6 +217,11 @@ def test_a_byte_level_run_trains_into_mlflow_and_its_report_says_per_byte(tmp_pa
     children = [r for r in runs if r.data.tags.get(record.TAG_ROLE) == record.ROLE_CHILD]
     assert parent.data.tags[record.TAG_LOSS_UNIT] == "byte" and parent.data.params["tokenizer"] == "bytes"
     assert {c.data.params["tokenizer"] for c in children} == {"bytes"} and len(children) == 2
+    from training.sample import run_tokenizer  # what `sample --run` / `evaluate --run` decode a logged model with
+
+    assert run_tokenizer(children[0].info.run_id) == "bytes"
+    old = client.create_run(client.get_experiment_by_name("tiny_bytes").experiment_id)  # logged before the param
+    assert run_tokenizer(old.info.run_id) == "gpt2"
     summary_md = client.download_artifacts(parent.info.run_id, f"{record.REPORT_DIR}/summary.md", str(tmp_path))
     assert "Target: validation loss (nats/byte) (one token = one UTF-8 byte)." in open(summary_md).read()
 

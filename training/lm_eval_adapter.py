@@ -49,7 +49,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from training.data.tokenizer import GPT2_N_VOCAB, get_encoding
+from training.data.tokenizer import get_encoding
 
 try:  # the optional extra: pip install -e ".[eval]"
     from lm_eval.api.model import TemplateLM as _Base
@@ -297,4 +297,4 @@ def _cut(text: str, until: tuple[str, ...]) -> tuple[str, bool]:
     return (text[:min(cuts)], True) if cuts else (text, False)
 
 
-__all__ = ["DatgptLM", "EvalSetupError", "require_lm_eval", "GPT2_N_VOCAB"]
+__all__ = ["DatgptLM", "EvalSetupError", "require_lm_eval"]

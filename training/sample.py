@@ -93,13 +93,11 @@ def _load(args) -> tuple[torch.nn.Module, str, str]:
 
 
 def run_tokenizer(run_id: str) -> str:
-    """The tokenizer an MLflow child run trained with (its `tokenizer` param; gpt2 when it has none)."""
-    try:
-        from mlflow import MlflowClient
+    """The tokenizer an MLflow child run trained with: its `tokenizer` param, or gpt2 for a run logged before
+    that param existed (every such run used GPT-2). Called after the run's model loaded, so the store answers."""
+    from mlflow import MlflowClient
 
-        return MlflowClient().get_run(run_id).data.params.get("tokenizer", "gpt2")
-    except Exception:
-        return "gpt2"
+    return MlflowClient().get_run(run_id).data.params.get("tokenizer", "gpt2")
 
 
 def logged_model(run_id: str):
